@@ -1,0 +1,5 @@
+import sys
+
+from pressured.cli import main
+
+sys.exit(main())

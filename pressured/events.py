@@ -1,0 +1,119 @@
+"""The values that travel through pressured: pressure events and kill records.
+
+Plain frozen dataclasses, so policies, sinks and library users can hold them without caring
+about threads or the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pressured.kernel.pidfd import MreleaseResult
+from pressured.kernel.psi import Pressure, TriggerSpec
+
+SYSTEM_SCOPE = "system"
+
+
+class EventSource(StrEnum):
+    PSI = "psi"
+    """A kernel PSI trigger fired."""
+    RECHECK = "recheck"
+    """A follow-up evaluation while an episode lasts."""
+    MEMORY = "memory"
+    """The memory-availability monitor crossed its threshold."""
+    WATCHDOG = "watchdog"
+    """The watchdog thread acted for a stuck loop."""
+    MANUAL = "manual"
+    """Made by hand (tests, ``pressured rank``, library users)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PressureEvent:
+    """Something said "memory is short here"."""
+
+    scope: str
+    """``"system"`` or a cgroup v2 path such as ``/jobs/batch``."""
+    level: str
+    """The configured level that fired (``"some"``, ``"full"``, or a user's own name)."""
+    source: EventSource
+    trigger: TriggerSpec | None = None
+    """The effective (kernel-accepted) trigger behind a PSI event."""
+    pressure: Pressure | None = None
+    """Figures read for evidence, where reading them is safe (never the triggered group's own
+    file at short intervals)."""
+    detail: dict[str, float] = field(default_factory=dict)
+    """Extra figures, e.g. ``mem_available_percent`` from the availability monitor."""
+    monotonic_ns: int = field(default_factory=time.monotonic_ns)
+    wall_time: float = field(default_factory=time.time)
+    episode: int = 0
+    """Events of one continuing pressure episode share a number."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["source"] = str(self.source)
+        data["trigger"] = str(self.trigger) if self.trigger else None
+        return data
+
+
+class VictimKind(StrEnum):
+    PROCESS = "process"
+    CGROUP = "cgroup"
+
+
+class KillResult(StrEnum):
+    KILLED = "killed"
+    """Signalled and confirmed dead."""
+    DRY_RUN = "dry_run"
+    """Everything but the signal."""
+    VANISHED = "vanished"
+    """Exited on its own before we signalled: nothing to do, not an error."""
+    IDENTITY_CHANGED = "identity_changed"
+    """The PID now belongs to another process: refused."""
+    NOT_CONFIRMED = "not_confirmed"
+    """Signalled, but no exit seen within the confirmation limit."""
+    FAILED = "failed"
+    """The signal could not be sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class KillRecord:
+    """One kill, with its evidence and timings: the canonical ``victim.killed`` log line."""
+
+    kind: VictimKind
+    target: str
+    """``pid 1234 (comm)`` or the cgroup path."""
+    pid: int | None
+    comm: str
+    cgroup: str | None
+    policy: str
+    reason: str
+    scope: str
+    level: str
+    result: KillResult
+    signal: str
+    rss_before_bytes: int
+    members: int = 1
+    mrelease: MreleaseResult | None = None
+    event_to_decision_ms: float | None = None
+    decision_to_signal_ms: float | None = None
+    signal_to_reaped_ms: float | None = None
+    signal_to_exit_ms: float | None = None
+    pressure_some_avg10: float | None = None
+    pressure_full_avg10: float | None = None
+    figures: dict[str, float | int | str] = field(default_factory=dict)
+    wall_time: float = field(default_factory=time.time)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        data["result"] = str(self.result)
+        if self.mrelease is not None:
+            data["mrelease"] = str(self.mrelease.status)
+            data["mrelease_errno"] = self.mrelease.errno
+            data["mrelease_attempts"] = self.mrelease.attempts
+            data["mrelease_ms"] = round(self.mrelease.duration_ns / 1e6, 3)
+        return data

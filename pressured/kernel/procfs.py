@@ -1,0 +1,313 @@
+"""One-call process scan of ``/proc`` into immutable records.
+
+Reading ``/proc/<pid>/*`` can block while the target is stuck in reclaim (its mmap lock), so
+this module is meant to run on a worker thread, once per scan, never on the event loop.
+Processes that vanish mid-scan are skipped silently; files that are present but malformed are
+skipped and reported in :attr:`ScanResult.problems`, so the caller can log one line each.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pressured.errors import ParseError
+
+PF_KTHREAD = 0x00200000
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+DEFAULT_CMDLINE_LIMIT = 4096
+_READ_CHUNK = 65536
+
+# Field numbers of /proc/<pid>/stat (1-based, man 5 proc), as indexes into the words after the
+# closing parenthesis of comm (which is field 2 and may itself contain spaces and parentheses).
+_STAT_STATE = 3 - 3
+_STAT_PPID = 4 - 3
+_STAT_FLAGS = 9 - 3
+_STAT_STARTTIME = 22 - 3
+_STAT_RSS = 24 - 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """What pressured knows about one process at scan time. Immutable, cheap to share."""
+
+    pid: int
+    ppid: int
+    start_time: int
+    """Clock ticks after boot (``/proc/<pid>/stat`` field 22): with ``pid`` it names a process
+    across PID reuse."""
+    comm: str
+    cmdline: str
+    """Arguments joined by spaces, cut at the scan's limit (see ``cmdline_truncated``)."""
+    cmdline_truncated: bool
+    uid: int
+    state: str
+    rss_bytes: int
+    swap_bytes: int
+    oom_score: int
+    oom_score_adj: int
+    cgroup: str | None
+    """The cgroup v2 path (``/a/b``) or None where the process has no v2 membership line."""
+    is_kernel_thread: bool
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        return (self.pid, self.start_time)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Resident plus swapped: what killing it gives back at most."""
+        return self.rss_bytes + self.swap_bytes
+
+    @property
+    def name(self) -> str:
+        return self.comm
+
+
+@dataclass(frozen=True, slots=True)
+class ScanProblem:
+    pid: int
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    processes: tuple[ProcessRecord, ...]
+    problems: tuple[ScanProblem, ...]
+    vanished: int
+    """Processes that exited between listing and reading: normal, not a problem."""
+    complete: bool
+    """False when the deadline cut the scan short."""
+    duration_ns: int
+
+
+def _read(path: str, limit: int = _READ_CHUNK) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _read_all(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class StatFields:
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    start_time: int
+    rss_pages: int
+
+
+def parse_stat(data: bytes, source: str = "<stat>") -> StatFields:
+    """Parse ``/proc/<pid>/stat``. Raises :class:`ParseError` when it is malformed."""
+    text = data.decode("utf-8", "replace")
+    open_paren = text.find("(")
+    close_paren = text.rfind(")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ParseError(source, "no '(comm)' field")
+    words = text[close_paren + 1 :].split()
+    if len(words) <= _STAT_RSS:
+        raise ParseError(source, f"only {len(words) + 2} fields, need at least 24")
+    try:
+        return StatFields(
+            comm=text[open_paren + 1 : close_paren],
+            state=words[_STAT_STATE],
+            ppid=int(words[_STAT_PPID]),
+            flags=int(words[_STAT_FLAGS]),
+            start_time=int(words[_STAT_STARTTIME]),
+            rss_pages=max(0, int(words[_STAT_RSS])),
+        )
+    except ValueError as exc:
+        raise ParseError(source, f"non-numeric field: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFields:
+    uid: int
+    swap_bytes: int
+
+
+def parse_status(data: bytes, source: str = "<status>") -> StatusFields:
+    """Take the real uid and VmSwap out of ``/proc/<pid>/status``."""
+    uid: int | None = None
+    swap_kib = 0
+    for line in data.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit():
+                raise ParseError(source, "malformed Uid line")
+            uid = int(fields[1])
+        elif line.startswith(b"VmSwap:"):
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit():
+                raise ParseError(source, "malformed VmSwap line")
+            swap_kib = int(fields[1])
+    if uid is None:
+        raise ParseError(source, "no Uid line")
+    return StatusFields(uid=uid, swap_bytes=swap_kib * 1024)
+
+
+def parse_cgroup_v2(data: bytes) -> str | None:
+    """The v2 path from ``/proc/<pid>/cgroup`` (the ``0::`` line), or None."""
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def parse_cgroup_v1(data: bytes, controller: str) -> str | None:
+    """The path of ``controller`` (for example ``memory``) in the v1 hierarchies, or None."""
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and controller in parts[1].split(","):
+            return parts[2]
+    return None
+
+
+def format_cmdline(data: bytes, limit: int) -> tuple[str, bool]:
+    """Arguments joined by spaces, control characters replaced, at most ``limit`` characters."""
+    truncated = len(data) > limit
+    text = data[:limit].rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned, truncated
+
+
+def _int_file(path: str, source: str) -> int:
+    raw = _read(path, 64).strip()
+    try:
+        return int(raw)
+    except ValueError:
+        raise ParseError(source, f"not an integer: {raw[:20]!r}") from None
+
+
+def read_process(
+    pid: int, proc_root: str = "/proc", cmdline_limit: int = DEFAULT_CMDLINE_LIMIT
+) -> ProcessRecord:
+    """Read one process. Raises FileNotFoundError/ProcessLookupError if it is gone and
+    :class:`ParseError` if a file is malformed."""
+    base = f"{proc_root}/{pid}"
+    stat = parse_stat(_read(f"{base}/stat", 4096), f"{base}/stat")
+    kernel_thread = bool(stat.flags & PF_KTHREAD)
+    if kernel_thread:
+        # Kernel threads own no user memory and are never victims: skip the other reads.
+        return ProcessRecord(
+            pid=pid, ppid=stat.ppid, start_time=stat.start_time, comm=stat.comm, cmdline="",
+            cmdline_truncated=False, uid=0, state=stat.state, rss_bytes=0, swap_bytes=0,
+            oom_score=0, oom_score_adj=0, cgroup=None, is_kernel_thread=True,
+        )
+    status = parse_status(_read(f"{base}/status"), f"{base}/status")
+    cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 1),
+                                        cmdline_limit)
+    return ProcessRecord(
+        pid=pid,
+        ppid=stat.ppid,
+        start_time=stat.start_time,
+        comm=stat.comm,
+        cmdline=cmdline,
+        cmdline_truncated=truncated,
+        uid=status.uid,
+        state=stat.state,
+        rss_bytes=stat.rss_pages * PAGE_SIZE,
+        swap_bytes=status.swap_bytes,
+        oom_score=_int_file(f"{base}/oom_score", f"{base}/oom_score"),
+        oom_score_adj=_int_file(f"{base}/oom_score_adj", f"{base}/oom_score_adj"),
+        cgroup=parse_cgroup_v2(_read(f"{base}/cgroup")),
+        is_kernel_thread=False,
+    )
+
+
+def list_pids(proc_root: str = "/proc") -> list[int]:
+    return [int(name) for name in os.listdir(proc_root) if name.isdigit()]
+
+
+def scan_processes(
+    proc_root: str = "/proc",
+    pids: Iterable[int] | None = None,
+    *,
+    cmdline_limit: int = DEFAULT_CMDLINE_LIMIT,
+    deadline: float | None = None,
+) -> ScanResult:
+    """Scan every process (or just ``pids``) in one call.
+
+    ``deadline`` is a :func:`time.monotonic` value; past it the scan stops and reports
+    ``complete=False`` with what it had. Never raises for a process that vanished or a
+    malformed file.
+    """
+    started = time.perf_counter_ns()
+    records: list[ProcessRecord] = []
+    problems: list[ScanProblem] = []
+    vanished = 0
+    complete = True
+    candidates = list_pids(proc_root) if pids is None else list(pids)
+    for index, pid in enumerate(candidates):
+        if deadline is not None and index % 64 == 0 and time.monotonic() > deadline:
+            complete = False
+            break
+        try:
+            records.append(read_process(pid, proc_root, cmdline_limit))
+        except (FileNotFoundError, ProcessLookupError):
+            vanished += 1
+        except ParseError as exc:
+            problems.append(ScanProblem(pid, str(exc)))
+        except OSError as exc:
+            # EACCES on hardened /proc (hidepid) or ESRCH mid-read: the process is out of reach.
+            if exc.errno in (3,):  # ESRCH
+                vanished += 1
+            else:
+                problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+    return ScanResult(
+        processes=tuple(records),
+        problems=tuple(problems),
+        vanished=vanished,
+        complete=complete,
+        duration_ns=time.perf_counter_ns() - started,
+    )
+
+
+def iter_self_and_ancestors(pid: int, proc_root: str = "/proc") -> Iterator[int]:
+    """``pid`` and its parents up to PID 1 (used to refuse killing our own ancestors' chain)."""
+    seen: set[int] = set()
+    while pid > 0 and pid not in seen:
+        seen.add(pid)
+        yield pid
+        try:
+            pid = parse_stat(_read(f"{proc_root}/{pid}/stat", 4096)).ppid
+        except (OSError, ParseError):
+            return
+
+
+def read_oom_score_adj(pid: int | str = "self", proc_root: str = "/proc") -> int:
+    path = f"{proc_root}/{pid}/oom_score_adj"
+    return _int_file(path, path)
+
+
+def write_oom_score_adj(value: int, pid: int | str = "self", proc_root: str = "/proc") -> None:
+    Path(f"{proc_root}/{pid}/oom_score_adj").write_text(f"{value}\n", encoding="ascii")
+
+
+def read_meminfo(proc_root: str = "/proc") -> dict[str, int]:
+    """``/proc/meminfo`` as bytes per key (the kB figures multiplied out)."""
+    values: dict[str, int] = {}
+    for line in _read_all(f"{proc_root}/meminfo").decode("ascii", "replace").splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if not fields or not fields[0].isdigit():
+            continue
+        scale = 1024 if len(fields) > 1 and fields[1] == "kB" else 1
+        values[key.strip()] = int(fields[0]) * scale
+    return values

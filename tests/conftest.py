@@ -1,0 +1,70 @@
+"""Shared fixtures: both event loops, root/kernel feature checks, scratch cgroups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pressured.testing.scratch import ScratchGroup, make_thrash_file, scratch_unavailable_reason
+
+LOOPS = ["asyncio", "uvloop"]
+THRASH_FILE = "/var/tmp/pressured-test-thrash.bin"
+THRASH_FILE_BYTES = 512 << 20
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
+@pytest.fixture(params=LOOPS)
+def loop_name(request: pytest.FixtureRequest) -> str:
+    """Run the test once on the stdlib loop and once on uvloop."""
+    return str(request.param)
+
+
+@pytest.fixture
+def run_async(loop_name: str) -> Iterator[object]:
+    """``run_async(coro)`` runs a coroutine to completion on the parametrized loop."""
+    loop = new_loop(loop_name)
+
+    def runner(coro):  # type: ignore[no-untyped-def]
+        return loop.run_until_complete(coro)
+
+    yield runner
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+def kernel_skip_reason() -> str | None:
+    return scratch_unavailable_reason()
+
+
+requires_kernel = pytest.mark.skipif(
+    kernel_skip_reason() is not None, reason=f"real-kernel test: {kernel_skip_reason()}"
+)
+
+
+@pytest.fixture
+def scratch() -> Iterator[ScratchGroup]:
+    """A 64 MiB scratch cgroup, removed with everything in it after the test."""
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(f"real-kernel test: {reason}")
+    with ScratchGroup(64 << 20) as group:
+        yield group
+
+
+@pytest.fixture(scope="session")
+def thrash_file() -> Iterator[str]:
+    """A 512 MiB file for page-cache thrash, made once per session and deleted after."""
+    path = make_thrash_file(THRASH_FILE, THRASH_FILE_BYTES)
+    yield str(path)
+    if os.environ.get("PRESSURED_KEEP_THRASH_FILE") != "1":
+        path.unlink(missing_ok=True)
