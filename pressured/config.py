@@ -67,16 +67,22 @@ class AvailabilitySettings(_Model):
 
     enabled: bool = False
     mem_available_percent: float = Field(
-        default=5.0, ge=0, le=100,
+        default=5.0,
+        ge=0,
+        le=100,
         description="System scope: act when MemAvailable is below this share of MemTotal ...",
     )
     swap_free_percent: float = Field(
-        default=10.0, ge=0, le=100,
+        default=10.0,
+        ge=0,
+        le=100,
         description="... and SwapFree below this share of SwapTotal (earlyoom's rule; a host "
         "without swap counts as swap exhausted).",
     )
     usage_percent: float = Field(
-        default=95.0, gt=0, le=100,
+        default=95.0,
+        gt=0,
+        le=100,
         description="Cgroup scope: act when usage reaches this share of the limit.",
     )
     min_interval_ms: float = Field(default=100, ge=10)
@@ -165,7 +171,8 @@ class GuardSettings(_Model):
     )
     protect_uids: tuple[int, ...] = ()
     cooldown_ms: float = Field(
-        default=1000, ge=0,
+        default=1000,
+        ge=0,
         description="Settle delay after a victim is confirmed dead before the next kill.",
     )
     max_kills_per_minute: int = Field(default=10, ge=1)
@@ -233,7 +240,8 @@ class MetricsSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
     pressure_cache_s: float = Field(
-        default=10.0, ge=10.0,
+        default=10.0,
+        ge=10.0,
         description="Reads of pressure files for gauges are cached at least this long; frequent "
         "reads starve unprivileged triggers.",
     )
@@ -374,4 +382,3 @@ def with_cgroup_scope(data: Mapping[str, Any], cgroup: str) -> dict[str, Any]:
 
 def dump_settings(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json")
-

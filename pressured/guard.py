@@ -28,7 +28,7 @@ def _within(path: str | None, roots: tuple[str, ...]) -> str | None:
     if path is None:
         return None
     for root in roots:
-        if root == "/" or path == root or path.startswith(root.rstrip("/") + "/"):
+        if root in ("/", path) or path.startswith(root.rstrip("/") + "/"):
             return root
     return None
 

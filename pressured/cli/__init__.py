@@ -44,7 +44,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, _Subcommand]]:
     modules: dict[str, _Subcommand] = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         try:
-            module: _Subcommand = importlib.import_module(module_name)  # type: ignore[assignment]
+            module: _Subcommand = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise

@@ -13,6 +13,7 @@ Paths inside a hierarchy are written the way ``/proc/<pid>/cgroup`` writes them:
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 from dataclasses import dataclass, field
@@ -267,11 +268,11 @@ class Cgroup:
         """Usage and limit. Raises KernelError when no memory accounting reaches this group."""
         v2 = self.directory
         if (v2 / "memory.current").exists():
-            swap = v2 / "memory.swap.current"
+            swap_file = v2 / "memory.swap.current"
             return MemoryFigures(
                 current_bytes=_read_int_or_max(v2 / "memory.current"),
                 limit_bytes=_read_int_or_max(v2 / "memory.max"),
-                swap_bytes=_read_int_or_max(swap) if swap.exists() else 0,
+                swap_bytes=_read_int_or_max(swap_file) if swap_file.exists() else 0,
                 low_bytes=_read_int_or_max(v2 / "memory.low"),
                 min_bytes=_read_int_or_max(v2 / "memory.min"),
                 source="v2",
@@ -339,10 +340,8 @@ class Cgroup:
 
     # -- lifecycle (tests and the library's own worker groups) ---------------------------
     def create(self) -> Cgroup:
-        try:
+        with contextlib.suppress(FileExistsError):
             self.directory.mkdir()
-        except FileExistsError:
-            pass
         return self
 
     def add(self, pid: int) -> None:

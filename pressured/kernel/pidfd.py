@@ -8,6 +8,7 @@ whenever the dying process gets CPU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_mod
 import os
@@ -28,8 +29,9 @@ _libc.syscall.restype = ctypes.c_long
 def _raw_process_mrelease(pidfd: int, flags: int) -> int:
     """Call the syscall; return 0 or the errno it failed with."""
     ctypes.set_errno(0)
-    result = _libc.syscall(ctypes.c_long(SYS_PROCESS_MRELEASE), ctypes.c_int(pidfd),
-                           ctypes.c_uint(flags))
+    result = _libc.syscall(
+        ctypes.c_long(SYS_PROCESS_MRELEASE), ctypes.c_int(pidfd), ctypes.c_uint(flags)
+    )
     return 0 if result == 0 else ctypes.get_errno()
 
 
@@ -132,7 +134,5 @@ def wait_exited(pidfd: int, timeout_s: float) -> bool:
 
 
 def close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass

@@ -206,13 +206,23 @@ def read_process(
     if kernel_thread:
         # Kernel threads own no user memory and are never victims: skip the other reads.
         return ProcessRecord(
-            pid=pid, ppid=stat.ppid, start_time=stat.start_time, comm=stat.comm, cmdline="",
-            cmdline_truncated=False, uid=0, state=stat.state, rss_bytes=0, swap_bytes=0,
-            oom_score=0, oom_score_adj=0, cgroup=None, is_kernel_thread=True,
+            pid=pid,
+            ppid=stat.ppid,
+            start_time=stat.start_time,
+            comm=stat.comm,
+            cmdline="",
+            cmdline_truncated=False,
+            uid=0,
+            state=stat.state,
+            rss_bytes=0,
+            swap_bytes=0,
+            oom_score=0,
+            oom_score_adj=0,
+            cgroup=None,
+            is_kernel_thread=True,
         )
     status = parse_status(_read(f"{base}/status"), f"{base}/status")
-    cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 1),
-                                        cmdline_limit)
+    cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 1), cmdline_limit)
     return ProcessRecord(
         pid=pid,
         ppid=stat.ppid,

@@ -26,7 +26,6 @@ WINDOW_MAX_US = 10 * US_PER_S
 UNPRIVILEGED_WINDOW_STEP_US = 2 * US_PER_S
 
 
-
 class Resource(StrEnum):
     MEMORY = "memory"
     CPU = "cpu"
@@ -214,7 +213,9 @@ def open_trigger(path: str | os.PathLike[str], spec: TriggerSpec) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise TriggerError(f"cannot open {path} for a trigger: {exc.strerror}", exc.errno) from None
+        raise TriggerError(
+            f"cannot open {path} for a trigger: {exc.strerror}", exc.errno or 0
+        ) from None
     try:
         os.write(fd, spec.kernel_text())
     except OSError as exc:
@@ -225,6 +226,6 @@ def open_trigger(path: str | os.PathLike[str], spec: TriggerSpec) -> int:
         elif exc.errno == errno_mod.EOPNOTSUPP:
             hint = " (PSI is disabled: boot with psi=1)"
         raise TriggerError(
-            f"kernel refused trigger '{spec}' on {path}: {exc.strerror}{hint}", exc.errno
+            f"kernel refused trigger '{spec}' on {path}: {exc.strerror}{hint}", exc.errno or 0
         ) from None
     return fd

@@ -30,9 +30,7 @@ class Victim:
     figures: dict[str, Figure] = field(default_factory=dict)
 
     @classmethod
-    def process(
-        cls, record: ProcessRecord, reason: str, **figures: Figure
-    ) -> Victim:
+    def process(cls, record: ProcessRecord, reason: str, **figures: Figure) -> Victim:
         return cls(
             kind=VictimKind.PROCESS,
             reason=reason,

@@ -77,13 +77,21 @@ class PolicyChain:
     def _fail(self, link: ChainLink, kind: str, detail: str) -> PolicyFailure:
         link.failures += 1
         link.consecutive_failures += 1
-        log.error("policy.failed", policy=link.name, failure=kind, detail=detail,
-                  consecutive=link.consecutive_failures)
+        log.error(
+            "policy.failed",
+            policy=link.name,
+            failure=kind,
+            detail=detail,
+            consecutive=link.consecutive_failures,
+        )
         if link.consecutive_failures >= self.disable_after:
             link.disabled = True
-            log.critical("policy.disabled", policy=link.name,
-                         after_failures=link.consecutive_failures,
-                         detail="skipped from now on; fix it and reload")
+            log.critical(
+                "policy.disabled",
+                policy=link.name,
+                after_failures=link.consecutive_failures,
+                detail="skipped from now on; fix it and reload",
+            )
         return PolicyFailure(link.name, kind, detail)
 
     async def decide(self, snapshot: Snapshot, check: VictimCheck | None = None) -> ChainResult:
@@ -110,8 +118,11 @@ class PolicyChain:
             if not isinstance(decision, Decision) or not all(
                 isinstance(victim, Victim) for victim in decision.victims
             ):
-                failures.append(self._fail(link, "invalid",
-                                           f"returned {type(decision).__name__}, not a Decision"))
+                failures.append(
+                    self._fail(
+                        link, "invalid", f"returned {type(decision).__name__}, not a Decision"
+                    )
+                )
                 continue
             link.consecutive_failures = 0
             accepted = []
@@ -121,8 +132,12 @@ class PolicyChain:
                     accepted.append(victim)
                 else:
                     rejected.append((link.name, victim, why))
-                    log.warning("policy.victim_rejected", policy=link.name,
-                                victim=victim.describe(), why=why)
+                    log.warning(
+                        "policy.victim_rejected",
+                        policy=link.name,
+                        victim=victim.describe(),
+                        why=why,
+                    )
             last_reason = f"{link.name}: {decision.reason}"
             if accepted:
                 chosen = Decision(tuple(accepted), decision.reason, decision.ranking, link.name)

@@ -48,8 +48,7 @@ class OomScorePolicy(BasePolicy[OomScoreOptions]):
         top = ranked[0]
         victim = Victim.process(
             top,
-            f"highest oom_score {top.oom_score} ({top.comm}, "
-            f"{top.memory_bytes / 2**20:.0f} MiB)",
+            f"highest oom_score {top.oom_score} ({top.comm}, {top.memory_bytes / 2**20:.0f} MiB)",
             oom_score=top.oom_score,
             oom_score_adj=top.oom_score_adj,
             rss_bytes=top.rss_bytes,

@@ -41,7 +41,7 @@ def _check_contract(cls: Any, label: str) -> type[Any]:
     options = getattr(cls, "Options", None)
     if not (inspect.isclass(options) and issubclass(options, BaseModel)):
         raise PolicyError(f"{label}: has no 'Options' pydantic model class attribute")
-    call = getattr(cls, "__call__", None)
+    call = inspect.getattr_static(cls, "__call__", None)
     if call is None or not inspect.iscoroutinefunction(call):
         raise PolicyError(f"{label}: '__call__' must be 'async def __call__(self, snapshot)'")
     try:
@@ -127,5 +127,7 @@ def instantiate(name: str, options: dict[str, Any], field: str) -> tuple[Policy,
     try:
         policy = source.policy_class(parsed)
     except Exception as exc:
-        raise ConfigError(field, f"policy {name!r} ({source.origin}) failed to start: {exc!r}")
+        raise ConfigError(
+            field, f"policy {name!r} ({source.origin}) failed to start: {exc!r}"
+        ) from exc
     return policy, source

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import subprocess
 import sys
@@ -160,8 +161,7 @@ class ScratchGroup:
     def _procs_files(self, group: Cgroup) -> list[str]:
         files = [str(group.directory / "cgroup.procs")]
         if self.memcg_dir is not None:
-            v1_rel = group.memcg_v1_path or self.memcg_path
-            assert v1_rel is not None
+            v1_rel = group.memcg_v1_path or self.memcg_path or "/"
             files.append(str(self.layout.v1_dir("memory", v1_rel) / "cgroup.procs"))
         return files
 
@@ -174,15 +174,19 @@ class ScratchGroup:
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside the group (it joins before exec, so all its memory counts)."""
-        joins = "; ".join(f"echo $$ > {shlex.quote(f)}" for f in self._procs_files(group or
-                                                                               self.group))
-        wrapper = ["/bin/sh", "-c", f"{joins}; exec \"$@\"", "sh", *argv]
+        joins = "; ".join(
+            f"echo $$ > {shlex.quote(f)}" for f in self._procs_files(group or self.group)
+        )
+        wrapper = ["/bin/sh", "-c", f'{joins}; exec "$@"', "sh", *argv]
         proc = subprocess.Popen(wrapper, stdout=stdout, stderr=subprocess.DEVNULL, env=env)
         self.processes.append(proc)
         return proc
 
     def spawn_workload(
-        self, *args: str, group: Cgroup | None = None, wait_ready: bool = True,
+        self,
+        *args: str,
+        group: Cgroup | None = None,
+        wait_ready: bool = True,
         timeout_s: float = 60.0,
     ) -> subprocess.Popen[bytes]:
         """Start ``python -m pressured.testing.workloads ARGS`` inside the group; by default
@@ -198,8 +202,8 @@ class ScratchGroup:
 
 def wait_for_ready(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     """Block until the workload prints ``ready`` (or fail if it exits or takes too long)."""
-    assert proc.stdout is not None
-    import select
+    if proc.stdout is None:
+        raise ValueError("wait_for_ready needs a workload started with stdout=PIPE")
 
     deadline = time.monotonic() + timeout_s
     buffer = b""
