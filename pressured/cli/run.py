@@ -1,0 +1,35 @@
+"""``pressured run``: the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import structlog
+
+from pressured.cli.common import add_config_arguments, report_config_error, settings_from_args
+from pressured.errors import ConfigError, PressuredError, UnsafeFileError
+from pressured.logs import configure_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except (ConfigError, UnsafeFileError) as exc:
+        return report_config_error(exc)
+    configure_logging(settings.daemon.log_format, settings.daemon.log_level)
+    from pressured.daemon import run as run_daemon
+
+    try:
+        run_daemon(settings, reload=functools.partial(settings_from_args, args))
+    except (ConfigError, UnsafeFileError) as exc:
+        # Policies are loaded (and scope paths checked) at start-up, before any trigger.
+        return report_config_error(exc)
+    except PressuredError as exc:
+        structlog.get_logger("pressured").error("controller.failed", error=str(exc))
+        return 1
+    return 0

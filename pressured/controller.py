@@ -1,0 +1,440 @@
+"""The controller: owns the threads, the scopes and the root task group.
+
+Embedders use ``async with Controller(settings) as controller`` (or ``await
+controller.serve()``) inside their own loop; ``pressured run`` does the same through
+:func:`pressured.run`, the one place a loop is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import structlog
+
+from pressured.actuator import Actuator
+from pressured.config import Settings
+from pressured.errors import ConfigError, PressuredError
+from pressured.events import KillRecord, KillResult, PressureEvent
+from pressured.guard import Guard
+from pressured.kernel import cgroupfs, psi
+from pressured.kernel.cgroupfs import CgroupLayout
+from pressured.monitors.psi import ArmedTrigger
+from pressured.policies.chain import PolicyChain
+from pressured.reaper import Reaper, ThreadInfo
+from pressured.scope import ScopeRunner
+from pressured.selfprotect import lock_memory, protect_from_oom
+from pressured.snapshot import RecentKill
+
+log = structlog.get_logger("pressured.controller")
+
+RECENT_KILLS = 32
+SUBSCRIBER_QUEUE = 256
+SINK_TIMEOUT_S = 2.0
+
+ControllerEvent = PressureEvent | KillRecord
+
+
+class Sink(Protocol):
+    """**Protocol:** receives every pressure event and kill record (metrics, journal, hooks)."""
+
+    async def on_pressure(self, event: PressureEvent) -> None: ...
+
+    async def on_kill(self, record: KillRecord) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Controller:
+    """Monitors, policies, guard, actuator and reaper for every configured scope."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        handle_signals: bool = False,
+        protect_self: bool = False,
+        sinks: Sequence[Sink] = (),
+        reaper: Reaper | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self._reload_source = reload
+        self._handle_signals = handle_signals
+        self._protect_self = protect_self
+        self._sinks = list(sinks)
+        self._own_reaper = reaper is None
+        self.reaper = reaper or self._make_reaper(self.settings)
+        self.layout: CgroupLayout | None = None
+        self.privileged = False
+        self.scopes: list[ScopeRunner] = []
+        self.recent: deque[KillRecord] = deque(maxlen=RECENT_KILLS)
+        self.reaper_info: ThreadInfo | None = None
+        self._io: ThreadPoolExecutor | None = None
+        self._subscribers: list[asyncio.Queue[ControllerEvent]] = []
+        self._main: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._scope_tasks: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._installed_signals: list[signal.Signals] = []
+        self._sigint_count = 0
+        self.started_monotonic = 0.0
+
+    @staticmethod
+    def _make_reaper(settings: Settings) -> Reaper:
+        return Reaper(
+            cpus=settings.reaper.cpus,
+            nice=settings.reaper.nice,
+            queue_size=settings.reaper.queue_size,
+            retries=settings.reaper.mrelease_retries,
+            boost_on_esrch=settings.kill.boost_on_esrch,
+        )
+
+    # -- building -----------------------------------------------------------------------
+    def _build_scopes(self, settings: Settings) -> list[ScopeRunner]:
+        """Load every policy and prepare every scope; raises ConfigError before arming."""
+        assert self._io is not None  # noqa: S101 - created in start() first
+        self_cgroup = None
+        with contextlib.suppress(OSError):
+            self_cgroup = cgroupfs.own_cgroup("self", settings.daemon.proc_root)
+        guard = Guard(settings.guard, self_cgroup=self_cgroup)
+        actuator = Actuator(
+            self.reaper, settings.kill, layout=self.layout, proc_root=settings.daemon.proc_root
+        )
+        runners = []
+        for index, scope in enumerate(settings.scopes):
+            if scope.cgroup is not None:
+                if self.layout is None or self.layout.unified is None:
+                    raise ConfigError(f"scopes.{index}.cgroup", "no cgroup2 hierarchy is mounted")
+                directory = self.layout.v2_dir(scope.cgroup)
+                if not directory.is_dir():
+                    raise ConfigError(f"scopes.{index}.cgroup", f"{directory} does not exist")
+            chain = PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
+            runners.append(
+                ScopeRunner(
+                    index, scope, chain=chain, guard=guard, actuator=actuator,
+                    io_executor=self._io, layout=self.layout,
+                    proc_root=settings.daemon.proc_root, dry_run=settings.daemon.dry_run,
+                    emit_event=self._publish_event, emit_kill=self._publish_kill,
+                    recent_kills=self._recent_kills,
+                )
+            )
+        return runners
+
+    def _arm(self, runners: list[ScopeRunner]) -> None:
+        loop = asyncio.get_running_loop()
+        armed: list[ScopeRunner] = []
+        try:
+            for runner in runners:
+                runner.arm(loop, privileged=self.privileged)
+                armed.append(runner)
+        except BaseException:
+            for runner in armed:
+                runner.disarm()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create threads, load policies, protect ourselves, arm triggers, start tasks.
+
+        Everything that can fail because of the configuration fails here, before any trigger
+        is armed.
+        """
+        if self._main is not None:
+            raise RuntimeError("controller already started")
+        settings = self.settings
+        self.started_monotonic = time.monotonic()
+        proc_root = settings.daemon.proc_root
+        self.layout = cgroupfs.discover_layout(proc_root)
+        self.privileged = psi.may_use_fast_windows(proc_root)
+        # Threads first: creating one under memory pressure is what we must never need to do.
+        self._io = ThreadPoolExecutor(settings.daemon.io_threads, thread_name_prefix="pressured-io")
+        for future in [self._io.submit(os.getpid) for _ in range(settings.daemon.io_threads)]:
+            future.result()
+        try:
+            self.scopes = self._build_scopes(settings)
+            self.reaper_info = self.reaper.start()
+            log.info(
+                "reaper.started", thread=self.reaper_info.native_id,
+                cpus=sorted(self.reaper_info.cpus), nice=self.reaper_info.nice,
+            )
+            if self._protect_self:
+                self._protect(settings)
+            self._arm(self.scopes)
+        except BaseException:
+            await self._release_threads()
+            raise
+        self._main = asyncio.create_task(self._run(), name="pressured-controller")
+        ready = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({ready, self._main}, return_when=asyncio.FIRST_COMPLETED)
+        if self._main in done:
+            ready.cancel()
+            await self._main  # re-raise the crash
+        log.info(
+            "controller.ready", scopes=[runner.name for runner in self.scopes],
+            privileged_triggers=self.privileged, dry_run=settings.daemon.dry_run,
+            layout=str(self.layout.mode),
+        )
+
+    def _protect(self, settings: Settings) -> None:
+        if settings.daemon.oom_score_adj is not None:
+            try:
+                before, after = protect_from_oom(settings.daemon.oom_score_adj,
+                                                 settings.daemon.proc_root)
+                log.info("self.oom_score_adj", before=before, after=after)
+            except OSError as exc:
+                log.warning("self.oom_score_adj_failed", error=exc.strerror)
+        if settings.daemon.mlockall:
+            outcome = lock_memory()
+            if outcome.locked:
+                log.info("self.mlockall", flags=outcome.flags)
+            else:
+                log.warning("self.mlockall_failed", error=outcome.error,
+                            detail="needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK")
+
+    async def _run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if self._handle_signals:
+                    self._install_signals()
+                    tg.create_task(self._signal_receiver(), name="signals")
+                self._start_scope_tasks(tg)
+                self._ready.set()
+                await self._stopping.wait()
+                # Stop the long-lived tasks; the shutdown recipe runs in stop().
+                for task in self._scope_tasks:
+                    task.cancel()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            self._tg = None
+            self._remove_signals()
+
+    def _start_scope_tasks(self, tg: asyncio.TaskGroup) -> None:
+        self._scope_tasks = [
+            tg.create_task(runner.run(), name=f"scope:{runner.name}") for runner in self.scopes
+        ]
+
+    async def serve(self) -> None:
+        """Start (if needed) and run until stopped by ``stop()`` or a signal."""
+        if self._main is None:
+            await self.start()
+        assert self._main is not None  # noqa: S101 - set by start()
+        try:
+            await asyncio.shield(self._main)
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """The shutdown recipe, in order, each step time-limited."""
+        if self._main is None:
+            return
+        main, self._main = self._main, None
+        log.info("controller.stopping")
+        # 1. Disarm triggers: no new events from the kernel.
+        for runner in self.scopes:
+            runner.disarm()
+        # 2. Stop deciding: cancel the scope tasks and the root group (in-flight kills finish
+        #    on the reaper thread; we only stop waiting for them).
+        self._stopping.set()
+        timeout = self.settings.daemon.shutdown_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout):
+                await main
+        except TimeoutError:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await main
+        except Exception as exc:
+            log.error("controller.crashed", error=repr(exc))
+        # 3. Close policies and sinks.
+        for runner in self.scopes:
+            await runner.chain.aclose()
+        for sink in self._sinks:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(SINK_TIMEOUT_S):
+                    await sink.aclose()
+        # 4. Stop threads (the reaper finishes any job it is in: a kill is never half-done).
+        await self._release_threads()
+        log.info("controller.stopped")
+
+    async def _release_threads(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._own_reaper:
+            await loop.run_in_executor(None, self.reaper.close)
+        if self._io is not None:
+            io, self._io = self._io, None
+            io.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> Controller:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- signals --------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+            self._installed_signals.append(sig)
+
+    def _remove_signals(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            for sig in self._installed_signals:
+                loop.remove_signal_handler(sig)
+        self._installed_signals.clear()
+
+    async def _signal_receiver(self) -> None:
+        while True:
+            sig = await self._signals.get()
+            log.info("signal.received", signal=sig.name)
+            if sig == signal.SIGHUP:
+                await self.reload()
+            elif sig == signal.SIGINT and self._sigint_count >= 1:
+                log.warning("controller.forced_exit", detail="second SIGINT")
+                os._exit(130)
+            else:
+                if sig == signal.SIGINT:
+                    self._sigint_count += 1
+                self._stopping.set()
+
+    # -- reload ---------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Re-read the configuration; on any error keep running the current one."""
+        if self._reload_source is None:
+            log.warning("config.reload_skipped", detail="no configuration source to re-read")
+            return False
+        try:
+            new = self._reload_source()
+            runners = self._build_scopes(new)
+            for runner in self.scopes:
+                runner.disarm()
+            try:
+                self._arm(runners)
+            except BaseException:
+                self._arm(self.scopes)  # put the old triggers back
+                raise
+        except (PressuredError, OSError) as exc:
+            log.error("config.reload_failed", error=str(exc), detail="kept the running config")
+            return False
+        old_tasks, old_runners = self._scope_tasks, self.scopes
+        for task in old_tasks:
+            task.cancel()
+        for task in old_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for runner in old_runners:
+            await runner.chain.aclose()
+        self.settings = new
+        self.scopes = runners
+        if self._tg is not None:
+            self._start_scope_tasks(self._tg)
+        log.info("config.reloaded", scopes=[runner.name for runner in runners])
+        return True
+
+    # -- events out -----------------------------------------------------------------------
+    def _recent_kills(self) -> tuple[RecentKill, ...]:
+        return tuple(
+            RecentKill(r.target, r.pid, r.cgroup, r.wall_time, r.policy) for r in self.recent
+        )
+
+    def _fan_out(self, item: ControllerEvent) -> None:
+        for queue in self._subscribers:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()  # a slow subscriber loses its oldest item, not us
+            queue.put_nowait(item)
+
+    async def _call_sinks(self, method: str, item: ControllerEvent) -> None:
+        for sink in self._sinks:
+            try:
+                async with asyncio.timeout(SINK_TIMEOUT_S):
+                    await getattr(sink, method)(item)
+            except Exception as exc:
+                log.warning("sink.failed", sink=type(sink).__name__, error=repr(exc))
+
+    async def _publish_event(self, event: PressureEvent) -> None:
+        log.info(
+            "pressure.event", scope=event.scope, level=event.level, source=str(event.source),
+            trigger=str(event.trigger) if event.trigger else None, episode=event.episode,
+            **event.detail,
+        )
+        self._fan_out(event)
+        await self._call_sinks("on_pressure", event)
+
+    async def _publish_kill(self, record: KillRecord) -> None:
+        self.recent.append(record)
+        name = "victim.would_kill" if record.result is KillResult.DRY_RUN else "victim.killed"
+        if record.result not in (KillResult.KILLED, KillResult.DRY_RUN):
+            name = f"victim.{record.result}"
+        log.warning(name, **record.to_dict())
+        self._fan_out(record)
+        await self._call_sinks("on_kill", record)
+
+    async def events(self) -> AsyncIterator[ControllerEvent]:
+        """Stream pressure events and kill records as they happen (library users)."""
+        queue: asyncio.Queue[ControllerEvent] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._subscribers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(queue)
+
+    # -- status ---------------------------------------------------------------------------
+    def armed_triggers(self) -> dict[str, tuple[ArmedTrigger, ...]]:
+        return {r.name: (r.triggers.armed if r.triggers else ()) for r in self.scopes}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "dry_run": self.settings.daemon.dry_run,
+            "privileged_triggers": self.privileged,
+            "layout": str(self.layout.mode) if self.layout else None,
+            "reaper": {
+                "thread": self.reaper_info.native_id if self.reaper_info else None,
+                "cpus": sorted(self.reaper_info.cpus) if self.reaper_info else [],
+                "pending": self.reaper.pending,
+                "restarts": self.reaper.restarts,
+            },
+            "scopes": [
+                {
+                    "name": r.name,
+                    "triggers": [t.describe() for t in (r.triggers.armed if r.triggers else ())],
+                    "policies": [link.name for link in r.chain.links],
+                    "disabled_policies": [link.name for link in r.chain.links if link.disabled],
+                    "events": r.stats.events,
+                    "dropped_events": r.stats.dropped_events,
+                    "kills": r.stats.kills,
+                }
+                for r in self.scopes
+            ],
+            "last_kills": [record.to_dict() for record in list(self.recent)[-10:]],
+        }
+
+    async def health(self) -> tuple[bool, str]:
+        """Healthy when the loop answers (we are running on it) and the reaper thread does."""
+        if self._main is None or self._main.done():
+            return False, "controller not running"
+        if not await self.reaper.ping(1.0):
+            return False, "reaper thread does not answer"
+        return True, "ok"
+
+
+class _Stop(Exception):
+    """Raised inside the root task group to end it after a requested stop."""

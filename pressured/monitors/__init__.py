@@ -1,0 +1,1 @@
+"""Monitors: what tells the controller that memory is short (PSI triggers, availability)."""

@@ -1,0 +1,284 @@
+"""One watched scope (the system or a cgroup): its triggers, its policy chain, its episodes.
+
+A pressure event goes: trigger callback -> the scope's small queue -> ``handle`` (snapshot on
+the I/O thread, chain, guard, actuator) -> kill record. After an event the scope stays in an
+*episode* for one trigger window and re-evaluates every ``recheck_interval_ms`` while there is
+evidence of continuing reclaim. That evidence is read from reclaim counters (memcg failcnt /
+``memory.events``, ``/proc/vmstat``), never from the watched group's own pressure file: reading
+it at short intervals would starve its unprivileged triggers (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import structlog
+
+from pressured.actuator import Actuator
+from pressured.config import ScopeSettings
+from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, PressureEvent
+from pressured.guard import Guard
+from pressured.kernel import psi
+from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
+from pressured.monitors.availability import AvailabilityMonitor
+from pressured.monitors.psi import ArmedTrigger, TriggerSet
+from pressured.policies.chain import ChainResult, PolicyChain
+from pressured.snapshot import RecentKill, Snapshot, take_snapshot
+
+log = structlog.get_logger("pressured.scope")
+
+QUEUE_SIZE = 8
+
+
+@dataclass
+class ScopeStats:
+    events: int = 0
+    dropped_events: int = 0
+    decisions: int = 0
+    kills: int = 0
+    deferred: int = 0
+    last_event_wall: float | None = None
+    fired: dict[str, int] = field(default_factory=dict)
+
+
+def read_reclaim_counter(
+    cgroup: Cgroup | None, proc_root: str
+) -> int:
+    """A counter that grows while the scope reclaims: memcg limit hits for a cgroup scope,
+    direct-reclaim scans for the system. Cheap, and does not touch any pressure file."""
+    if cgroup is not None:
+        events = cgroup.memory_events()
+        stat = cgroup.memory_stat()
+        return events.get("max", 0) + events.get("high", 0) + stat.get("pgscan", 0)
+    total = 0
+    with open(f"{proc_root}/vmstat", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(("pgscan_direct", "allocstall")):
+                total += int(line.split()[1])
+    return total
+
+
+class ScopeRunner:
+    def __init__(
+        self,
+        index: int,
+        settings: ScopeSettings,
+        *,
+        chain: PolicyChain,
+        guard: Guard,
+        actuator: Actuator,
+        io_executor: Executor,
+        layout: CgroupLayout | None,
+        proc_root: str,
+        dry_run: bool,
+        emit_event: Callable[[PressureEvent], Awaitable[None]],
+        emit_kill: Callable[[KillRecord], Awaitable[None]],
+        recent_kills: Callable[[], tuple[RecentKill, ...]],
+    ) -> None:
+        self.index = index
+        self.settings = settings
+        self.name = settings.cgroup or SYSTEM_SCOPE
+        self.chain = chain
+        self.guard = guard
+        self.actuator = actuator
+        self.io = io_executor
+        self.layout = layout
+        self.proc_root = proc_root
+        self.dry_run = dry_run
+        self._emit_event = emit_event
+        self._emit_kill = emit_kill
+        self._recent_kills = recent_kills
+        self.group = (
+            Cgroup(layout, settings.cgroup, settings.memcg_v1)
+            if settings.cgroup is not None and layout is not None
+            else None
+        )
+        self.queue: asyncio.Queue[PressureEvent] = asyncio.Queue(QUEUE_SIZE)
+        self.triggers: TriggerSet | None = None
+        self.availability: AvailabilityMonitor | None = None
+        self.stats = ScopeStats()
+        self._episode = 0
+        self._last_result: ChainResult | None = None
+
+    # -- arming ---------------------------------------------------------------------------
+    def pressure_path(self) -> str:
+        if self.group is not None:
+            return str(self.group.pressure_path("memory"))
+        return str(psi.system_pressure_path("memory", self.proc_root))
+
+    def arm(self, loop: asyncio.AbstractEventLoop, *, privileged: bool) -> tuple[ArmedTrigger, ...]:
+        """Open every level's trigger. Raises TriggerError/TriggerSpecError before any is kept."""
+        triggers = TriggerSet(loop, self._on_trigger)
+        try:
+            for level in self.settings.levels:
+                armed = triggers.arm(
+                    level.name, self.pressure_path(), level.trigger(), privileged=privileged
+                )
+                if armed.adjustment is not None:
+                    log.warning(
+                        "trigger.adjusted", scope=self.name, level=level.name,
+                        requested=str(armed.requested), effective=str(armed.effective),
+                        reason=armed.adjustment.reason,
+                    )
+                log.info("trigger.armed", scope=self.name, **armed.describe())
+        except BaseException:
+            triggers.close()
+            raise
+        self.triggers = triggers
+        if self.settings.availability.enabled:
+            self.availability = AvailabilityMonitor(
+                self.settings.availability,
+                scope=self.name,
+                group=self.group,
+                proc_root=self.proc_root,
+                io_executor=self.io,
+                on_low=self._offer,
+            )
+        return triggers.armed
+
+    def disarm(self) -> None:
+        if self.triggers is not None:
+            self.triggers.close()
+            self.triggers = None
+
+    @property
+    def episode_window_s(self) -> float:
+        windows = [t.effective.window_us for t in (self.triggers.armed if self.triggers else ())]
+        return max(windows, default=2_000_000) / 1e6
+
+    # -- events ---------------------------------------------------------------------------
+    def _on_trigger(self, armed: ArmedTrigger) -> None:
+        self.stats.fired[armed.level] = self.stats.fired.get(armed.level, 0) + 1
+        self._offer(
+            PressureEvent(
+                scope=self.name, level=armed.level, source=EventSource.PSI,
+                trigger=armed.effective, episode=self._episode,
+            )
+        )
+
+    def _offer(self, event: PressureEvent) -> None:
+        """Queue an event from a loop callback. A full queue means a decision is already
+        pending for this scope: the newest events carry no new information, so drop them."""
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.stats.dropped_events += 1
+
+    async def run(self) -> None:
+        """Wait for events forever; after each, follow the episode until it quiets down."""
+        tasks = []
+        if self.availability is not None:
+            tasks.append(asyncio.create_task(self.availability.run(), name=f"avail:{self.name}"))
+        try:
+            while True:
+                event = await self.queue.get()
+                self._episode += 1
+                await self._episode_loop(event)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _episode_loop(self, first: PressureEvent) -> None:
+        event: PressureEvent | None = first
+        window_s = self.episode_window_s
+        ends = time.monotonic() + window_s
+        baseline = await self._reclaim_counter()
+        while True:
+            if event is not None:
+                ends = time.monotonic() + window_s
+                await self.handle(event)
+                baseline = await self._reclaim_counter()
+            remaining = ends - time.monotonic()
+            if remaining <= 0:
+                log.debug("episode.ended", scope=self.name, episode=self._episode)
+                return
+            interval = self.settings.recheck_interval_ms / 1000
+            try:
+                async with asyncio.timeout(min(interval, remaining)):
+                    event = await self.queue.get()
+                continue
+            except TimeoutError:
+                event = None
+            if self.guard.pacing() is not None:
+                continue
+            counter = await self._reclaim_counter()
+            if counter is not None and baseline is not None and counter > baseline:
+                event = PressureEvent(
+                    scope=self.name, level=first.level, source=EventSource.RECHECK,
+                    trigger=first.trigger, episode=self._episode,
+                    detail={"reclaim_delta": float(counter - baseline)},
+                )
+            baseline = counter
+
+    async def _reclaim_counter(self) -> int | None:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.io, read_reclaim_counter, self.group, self.proc_root
+            )
+        except (OSError, ValueError):
+            return None
+
+    async def take_snapshot(self, event: PressureEvent) -> Snapshot:
+        loop = asyncio.get_running_loop()
+        cgroup_path = self.settings.cgroup
+        memcg = self.group.memcg_v1_path if self.group else None
+        recent = self._recent_kills()
+
+        def _take() -> Snapshot:
+            return take_snapshot(
+                event, layout=self.layout, proc_root=self.proc_root, cgroup_path=cgroup_path,
+                memcg_v1_path=memcg, read_scope_pressure=False, recent_kills=recent,
+            )
+
+        return await loop.run_in_executor(self.io, _take)
+
+    async def handle(self, event: PressureEvent) -> KillRecord | None:
+        """Decide and act on one event. Never raises for a policy's or a victim's fault."""
+        self.stats.events += 1
+        self.stats.last_event_wall = event.wall_time
+        await self._emit_event(event)
+        pacing = self.guard.pacing()
+        if pacing is not None:
+            self.stats.deferred += 1
+            log.debug("decision.deferred", scope=self.name, level=event.level, why=pacing)
+            return None
+        snapshot = await self.take_snapshot(event)
+        for problem in snapshot.problems:
+            log.warning("scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem)
+        result = await self.chain.decide(snapshot, self.guard.check)
+        decided_ns = time.monotonic_ns()
+        self._last_result = result
+        self.stats.decisions += 1
+        decision = result.decision
+        if not decision.acts:
+            log.info(
+                "policy.no_action", scope=self.name, level=event.level, source=str(event.source),
+                reason=decision.reason, candidates=len(snapshot.candidates),
+            )
+            return None
+        victim = decision.victims[0]
+        log.info(
+            "policy.decided", scope=self.name, level=event.level, policy=decision.policy,
+            victim=victim.describe(), reason=victim.reason, ranking=list(decision.ranking),
+            scan_ms=round(snapshot.scan_duration_ns / 1e6, 3),
+            processes=len(snapshot.processes),
+        )
+        self.guard.kill_started()
+        try:
+            record = await self.actuator.execute(
+                victim, snapshot, decision, decided_ns=decided_ns, dry_run=self.dry_run
+            )
+        finally:
+            self.guard.kill_finished()
+        self.stats.kills += 1
+        await self._emit_kill(record)
+        return record

@@ -1,0 +1,135 @@
+"""Run ``pressured run`` as a separate process and follow its JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+LogLine = dict[str, Any]
+
+
+class Daemon:
+    """``with Daemon(config_path, "--loop", "asyncio") as daemon: daemon.wait_for(...)``."""
+
+    def __init__(self, config: Path | None, *extra: str, env: dict[str, str] | None = None):
+        self.argv = [sys.executable, "-m", "pressured", "run", "--log-format", "json"]
+        if config is not None:
+            self.argv += ["--config", str(config)]
+        self.argv += list(extra)
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[LogLine] = []
+        self.raw: list[str] = []
+        self._queue: queue.Queue[LogLine | None] = queue.Queue()
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> Daemon:
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.raw.append(raw)
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(
+        self, event: str, timeout_s: float = 30.0, where: Callable[[LogLine], bool] | None = None
+    ) -> LogLine:
+        """The first log line (seen so far or arriving) with this event name and predicate."""
+        for line in list(self.lines):
+            if line.get("event") == event and (where is None or where(line)):
+                return line
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {event!r} within {timeout_s} s; log: {self.raw[-20:]}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(
+                    f"daemon exited ({self.proc and self.proc.poll()}) before {event!r}; "
+                    f"log: {self.raw[-20:]} stderr: {self.stderr_text()}"
+                )
+            if line.get("event") == event and (where is None or where(line)):
+                return line
+
+    def events(self, name: str) -> list[LogLine]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def stderr_text(self) -> str:
+        if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
+            return ""
+        if not self.stderr:
+            self.stderr = self.proc.stderr.read()
+        return self.stderr
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def scope_config(
+    cgroup: str,
+    memcg_v1: str | None,
+    *,
+    extra_daemon: str = "",
+    extra_guard: str = "",
+    extra_kill: str = "",
+    policies: str = '[[scopes.policies]]\nname = "oom_score"\n',
+) -> str:
+    """A configuration watching one scratch cgroup, with metrics on an ephemeral port."""
+    memcg = f'memcg_v1 = "{memcg_v1}"\n' if memcg_v1 else ""
+    return (
+        "[daemon]\nmlockall = false\noom_score_adj = 0\n" + extra_daemon
+        + "\n[metrics]\nport = 0\n"
+        + "\n[guard]\ncooldown_ms = 500\n" + extra_guard
+        + "\n[kill]\n" + extra_kill
+        + f'\n[[scopes]]\ncgroup = "{cgroup}"\n{memcg}'
+        + '[[scopes.levels]]\nname = "some"\nkind = "some"\nthreshold_ms = 70\nwindow_ms = 1000\n'
+        + policies
+    )
