@@ -84,7 +84,12 @@ class Actuator:
         self.proc_root = proc_root
 
     async def execute(
-        self, victim: Victim, snapshot: Snapshot, decision: Decision, *, decided_ns: int,
+        self,
+        victim: Victim,
+        snapshot: Snapshot,
+        decision: Decision,
+        *,
+        decided_ns: int,
         dry_run: bool,
     ) -> KillRecord:
         ctx = _Context(snapshot.event, decision, decided_ns, dry_run)
@@ -94,9 +99,20 @@ class Actuator:
 
     # -- records --------------------------------------------------------------------------
     def _record(
-        self, ctx: _Context, victim: Victim, result: KillResult, *, pid: int | None,
-        comm: str, rss: int, sig: str, members: int = 1, mrelease: MreleaseResult | None = None,
-        signal_ns: int | None = None, reaped_ns: int | None = None, exit_ns: int | None = None,
+        self,
+        ctx: _Context,
+        victim: Victim,
+        result: KillResult,
+        *,
+        pid: int | None,
+        comm: str,
+        rss: int,
+        sig: str,
+        members: int = 1,
+        mrelease: MreleaseResult | None = None,
+        signal_ns: int | None = None,
+        reaped_ns: int | None = None,
+        exit_ns: int | None = None,
     ) -> KillRecord:
         event = ctx.event
         pressure = event.pressure
@@ -146,19 +162,22 @@ class Actuator:
         try:
             fd = pidfd_mod.open_pidfd(victim.pid)
         except ProcessLookupError:
-            return self._record(ctx, victim, KillResult.VANISHED, pid=victim.pid, comm=comm,
-                                rss=rss, sig="none")
+            return self._record(
+                ctx, victim, KillResult.VANISHED, pid=victim.pid, comm=comm, rss=rss, sig="none"
+            )
         try:
             # The pidfd is open: from here the PID cannot be recycled under us, so one check
             # of the start time proves we hold the process the policy chose.
             if not self._identity_ok(victim.pid, victim.start_time):
                 exited = pidfd_mod.has_exited(fd)
                 result = KillResult.VANISHED if exited else KillResult.IDENTITY_CHANGED
-                return self._record(ctx, victim, result, pid=victim.pid, comm=comm, rss=rss,
-                                    sig="none")
+                return self._record(
+                    ctx, victim, result, pid=victim.pid, comm=comm, rss=rss, sig="none"
+                )
             if ctx.dry_run:
-                return self._record(ctx, victim, KillResult.DRY_RUN, pid=victim.pid, comm=comm,
-                                    rss=rss, sig="none")
+                return self._record(
+                    ctx, victim, KillResult.DRY_RUN, pid=victim.pid, comm=comm, rss=rss, sig="none"
+                )
             return await self._signal_process(victim, ctx, fd, comm, rss)
         finally:
             pidfd_mod.close_quietly(fd)
@@ -173,25 +192,53 @@ class Actuator:
             try:
                 pidfd_mod.send_signal(fd, signal.SIGTERM)
             except ProcessLookupError:
-                return self._record(ctx, victim, KillResult.VANISHED, pid=pid, comm=comm,
-                                    rss=rss, sig="none")
+                return self._record(
+                    ctx, victim, KillResult.VANISHED, pid=pid, comm=comm, rss=rss, sig="none"
+                )
             term_ns = time.monotonic_ns()
             exit_ns = await wait_exited(fd, self.settings.grace_ms / 1000)
             if exit_ns is not None:
-                return self._record(ctx, victim, KillResult.KILLED, pid=pid, comm=comm, rss=rss,
-                                    sig="SIGTERM", signal_ns=term_ns, exit_ns=exit_ns)
-            log.info("victim.escalate", pid=pid, comm=comm,
-                     grace_ms=self.settings.grace_ms, detail="still alive after SIGTERM")
+                return self._record(
+                    ctx,
+                    victim,
+                    KillResult.KILLED,
+                    pid=pid,
+                    comm=comm,
+                    rss=rss,
+                    sig="SIGTERM",
+                    signal_ns=term_ns,
+                    exit_ns=exit_ns,
+                )
+            log.info(
+                "victim.escalate",
+                pid=pid,
+                comm=comm,
+                grace_ms=self.settings.grace_ms,
+                detail="still alive after SIGTERM",
+            )
         outcome: ReapOutcome = await self.reaper.kill(pid, fd)
         if not outcome.signalled:
-            result = KillResult.VANISHED if outcome.signal_error and "exited" in \
-                outcome.signal_error else KillResult.FAILED
+            result = (
+                KillResult.VANISHED
+                if outcome.signal_error and "exited" in outcome.signal_error
+                else KillResult.FAILED
+            )
             return self._record(ctx, victim, result, pid=pid, comm=comm, rss=rss, sig="none")
         exit_ns = await wait_exited(fd, confirm_s)
         result = KillResult.KILLED if exit_ns is not None else KillResult.NOT_CONFIRMED
-        return self._record(ctx, victim, result, pid=pid, comm=comm, rss=rss, sig="SIGKILL",
-                            mrelease=outcome.mrelease, signal_ns=outcome.signal_ns,
-                            reaped_ns=outcome.reaped_ns, exit_ns=exit_ns)
+        return self._record(
+            ctx,
+            victim,
+            result,
+            pid=pid,
+            comm=comm,
+            rss=rss,
+            sig="SIGKILL",
+            mrelease=outcome.mrelease,
+            signal_ns=outcome.signal_ns,
+            reaped_ns=outcome.reaped_ns,
+            exit_ns=exit_ns,
+        )
 
     # -- cgroups --------------------------------------------------------------------------
     async def _kill_group(self, victim: Victim, snapshot: Snapshot, ctx: _Context) -> KillRecord:
@@ -204,24 +251,49 @@ class Actuator:
         try:
             pids = group.all_members()
         except FileNotFoundError:
-            return self._record(ctx, victim, KillResult.VANISHED, pid=None, comm="", rss=rss,
-                                sig="none", members=0)
+            return self._record(
+                ctx, victim, KillResult.VANISHED, pid=None, comm="", rss=rss, sig="none", members=0
+            )
         fds: list[tuple[int, int]] = []
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 fds.append((pid, pidfd_mod.open_pidfd(pid)))
         try:
             if not fds:
-                return self._record(ctx, victim, KillResult.VANISHED, pid=None, comm="",
-                                    rss=rss, sig="none", members=0)
+                return self._record(
+                    ctx,
+                    victim,
+                    KillResult.VANISHED,
+                    pid=None,
+                    comm="",
+                    rss=rss,
+                    sig="none",
+                    members=0,
+                )
             if ctx.dry_run:
-                return self._record(ctx, victim, KillResult.DRY_RUN, pid=None, comm="", rss=rss,
-                                    sig="none", members=len(fds))
+                return self._record(
+                    ctx,
+                    victim,
+                    KillResult.DRY_RUN,
+                    pid=None,
+                    comm="",
+                    rss=rss,
+                    sig="none",
+                    members=len(fds),
+                )
             outcome = await self.reaper.kill_group(group, fds)
             if not outcome.killed:
                 log.error("victim.kill_failed", cgroup=victim.cgroup, error=outcome.kill_error)
-                return self._record(ctx, victim, KillResult.FAILED, pid=None, comm="", rss=rss,
-                                    sig="none", members=len(fds))
+                return self._record(
+                    ctx,
+                    victim,
+                    KillResult.FAILED,
+                    pid=None,
+                    comm="",
+                    rss=rss,
+                    sig="none",
+                    members=len(fds),
+                )
             confirm_s = self.settings.confirm_timeout_ms / 1000
             exits = await asyncio.gather(*(wait_exited(fd, confirm_s) for _, fd in fds))
             all_exited = all(ns is not None for ns in exits)
@@ -229,10 +301,18 @@ class Actuator:
             reaped = [m.reaped_ns for m in outcome.members if m.reaped_ns is not None]
             first = next((m.mrelease for m in outcome.members if m.mrelease), None)
             return self._record(
-                ctx, victim, KillResult.KILLED if all_exited else KillResult.NOT_CONFIRMED,
-                pid=None, comm="", rss=rss, sig="cgroup.kill", members=len(fds),
-                mrelease=first, signal_ns=outcome.signal_ns,
-                reaped_ns=max(reaped) if reaped else None, exit_ns=last_exit,
+                ctx,
+                victim,
+                KillResult.KILLED if all_exited else KillResult.NOT_CONFIRMED,
+                pid=None,
+                comm="",
+                rss=rss,
+                sig="cgroup.kill",
+                members=len(fds),
+                mrelease=first,
+                signal_ns=outcome.signal_ns,
+                reaped_ns=max(reaped) if reaped else None,
+                exit_ns=last_exit,
             )
         finally:
             for _, fd in fds:

@@ -121,10 +121,17 @@ class Controller:
             chain = PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
             runners.append(
                 ScopeRunner(
-                    index, scope, chain=chain, guard=guard, actuator=actuator,
-                    io_executor=self._io, layout=self.layout,
-                    proc_root=settings.daemon.proc_root, dry_run=settings.daemon.dry_run,
-                    emit_event=self._publish_event, emit_kill=self._publish_kill,
+                    index,
+                    scope,
+                    chain=chain,
+                    guard=guard,
+                    actuator=actuator,
+                    io_executor=self._io,
+                    layout=self.layout,
+                    proc_root=settings.daemon.proc_root,
+                    dry_run=settings.daemon.dry_run,
+                    emit_event=self._publish_event,
+                    emit_kill=self._publish_kill,
                     recent_kills=self._recent_kills,
                 )
             )
@@ -164,8 +171,10 @@ class Controller:
             self.scopes = self._build_scopes(settings)
             self.reaper_info = self.reaper.start()
             log.info(
-                "reaper.started", thread=self.reaper_info.native_id,
-                cpus=sorted(self.reaper_info.cpus), nice=self.reaper_info.nice,
+                "reaper.started",
+                thread=self.reaper_info.native_id,
+                cpus=sorted(self.reaper_info.cpus),
+                nice=self.reaper_info.nice,
             )
             if self._protect_self:
                 self._protect(settings)
@@ -180,16 +189,19 @@ class Controller:
             ready.cancel()
             await self._main  # re-raise the crash
         log.info(
-            "controller.ready", scopes=[runner.name for runner in self.scopes],
-            privileged_triggers=self.privileged, dry_run=settings.daemon.dry_run,
+            "controller.ready",
+            scopes=[runner.name for runner in self.scopes],
+            privileged_triggers=self.privileged,
+            dry_run=settings.daemon.dry_run,
             layout=str(self.layout.mode),
         )
 
     def _protect(self, settings: Settings) -> None:
         if settings.daemon.oom_score_adj is not None:
             try:
-                before, after = protect_from_oom(settings.daemon.oom_score_adj,
-                                                 settings.daemon.proc_root)
+                before, after = protect_from_oom(
+                    settings.daemon.oom_score_adj, settings.daemon.proc_root
+                )
                 log.info("self.oom_score_adj", before=before, after=after)
             except OSError as exc:
                 log.warning("self.oom_score_adj_failed", error=exc.strerror)
@@ -198,8 +210,11 @@ class Controller:
             if outcome.locked:
                 log.info("self.mlockall", flags=outcome.flags)
             else:
-                log.warning("self.mlockall_failed", error=outcome.error,
-                            detail="needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK")
+                log.warning(
+                    "self.mlockall_failed",
+                    error=outcome.error,
+                    detail="needs CAP_IPC_LOCK or a higher RLIMIT_MEMLOCK",
+                )
 
     async def _run(self) -> None:
         try:
@@ -369,8 +384,12 @@ class Controller:
 
     async def _publish_event(self, event: PressureEvent) -> None:
         log.info(
-            "pressure.event", scope=event.scope, level=event.level, source=str(event.source),
-            trigger=str(event.trigger) if event.trigger else None, episode=event.episode,
+            "pressure.event",
+            scope=event.scope,
+            level=event.level,
+            source=str(event.source),
+            trigger=str(event.trigger) if event.trigger else None,
+            episode=event.episode,
             **event.detail,
         )
         self._fan_out(event)

@@ -14,8 +14,12 @@ import structlog
 
 from pressured.config import LogFormat, LogLevel
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _rename_pressure_level(_logger: Any, _method: str, event_dict: Any) -> Any:

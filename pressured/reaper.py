@@ -93,7 +93,11 @@ def mrelease_with_retries(pidfd: int, retries: int) -> MreleaseResult:
 
 
 def kill_and_release(
-    pid: int, pidfd: int, *, retries: int = 3, boost_on_esrch: bool = True,
+    pid: int,
+    pidfd: int,
+    *,
+    retries: int = 3,
+    boost_on_esrch: bool = True,
     sig: int = signal.SIGKILL,
 ) -> ReapOutcome:
     """Signal then mrelease, back to back, on the calling thread. Never raises for the
@@ -123,7 +127,10 @@ class GroupReapOutcome:
 
 
 def kill_and_release_group(
-    group: Cgroup, members: Sequence[tuple[int, int]], *, retries: int = 3,
+    group: Cgroup,
+    members: Sequence[tuple[int, int]],
+    *,
+    retries: int = 3,
     boost_on_esrch: bool = True,
 ) -> GroupReapOutcome:
     """``cgroup.kill`` then mrelease every member pidfd (opened beforehand by the caller)."""

@@ -46,9 +46,7 @@ class ScopeStats:
     fired: dict[str, int] = field(default_factory=dict)
 
 
-def read_reclaim_counter(
-    cgroup: Cgroup | None, proc_root: str
-) -> int:
+def read_reclaim_counter(cgroup: Cgroup | None, proc_root: str) -> int:
     """A counter that grows while the scope reclaims: memcg limit hits for a cgroup scope,
     direct-reclaim scans for the system. Cheap, and does not touch any pressure file."""
     if cgroup is not None:
@@ -121,8 +119,11 @@ class ScopeRunner:
                 )
                 if armed.adjustment is not None:
                     log.warning(
-                        "trigger.adjusted", scope=self.name, level=level.name,
-                        requested=str(armed.requested), effective=str(armed.effective),
+                        "trigger.adjusted",
+                        scope=self.name,
+                        level=level.name,
+                        requested=str(armed.requested),
+                        effective=str(armed.effective),
                         reason=armed.adjustment.reason,
                     )
                 log.info("trigger.armed", scope=self.name, **armed.describe())
@@ -156,8 +157,11 @@ class ScopeRunner:
         self.stats.fired[armed.level] = self.stats.fired.get(armed.level, 0) + 1
         self._offer(
             PressureEvent(
-                scope=self.name, level=armed.level, source=EventSource.PSI,
-                trigger=armed.effective, episode=self._episode,
+                scope=self.name,
+                level=armed.level,
+                source=EventSource.PSI,
+                trigger=armed.effective,
+                episode=self._episode,
             )
         )
 
@@ -212,8 +216,11 @@ class ScopeRunner:
             counter = await self._reclaim_counter()
             if counter is not None and baseline is not None and counter > baseline:
                 event = PressureEvent(
-                    scope=self.name, level=first.level, source=EventSource.RECHECK,
-                    trigger=first.trigger, episode=self._episode,
+                    scope=self.name,
+                    level=first.level,
+                    source=EventSource.RECHECK,
+                    trigger=first.trigger,
+                    episode=self._episode,
                     detail={"reclaim_delta": float(counter - baseline)},
                 )
             baseline = counter
@@ -235,8 +242,13 @@ class ScopeRunner:
 
         def _take() -> Snapshot:
             return take_snapshot(
-                event, layout=self.layout, proc_root=self.proc_root, cgroup_path=cgroup_path,
-                memcg_v1_path=memcg, read_scope_pressure=False, recent_kills=recent,
+                event,
+                layout=self.layout,
+                proc_root=self.proc_root,
+                cgroup_path=cgroup_path,
+                memcg_v1_path=memcg,
+                read_scope_pressure=False,
+                recent_kills=recent,
             )
 
         return await loop.run_in_executor(self.io, _take)
@@ -261,14 +273,23 @@ class ScopeRunner:
         decision = result.decision
         if not decision.acts:
             log.info(
-                "policy.no_action", scope=self.name, level=event.level, source=str(event.source),
-                reason=decision.reason, candidates=len(snapshot.candidates),
+                "policy.no_action",
+                scope=self.name,
+                level=event.level,
+                source=str(event.source),
+                reason=decision.reason,
+                candidates=len(snapshot.candidates),
             )
             return None
         victim = decision.victims[0]
         log.info(
-            "policy.decided", scope=self.name, level=event.level, policy=decision.policy,
-            victim=victim.describe(), reason=victim.reason, ranking=list(decision.ranking),
+            "policy.decided",
+            scope=self.name,
+            level=event.level,
+            policy=decision.policy,
+            victim=victim.describe(),
+            reason=victim.reason,
+            ranking=list(decision.ranking),
             scan_ms=round(snapshot.scan_duration_ns / 1e6, 3),
             processes=len(snapshot.processes),
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,8 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
     return asyncio.new_event_loop()
 
 
@@ -29,12 +31,15 @@ def loop_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
 @pytest.fixture
-def run_async(loop_name: str) -> Iterator[object]:
+def run_async(loop_name: str) -> Iterator[RunAsync]:
     """``run_async(coro)`` runs a coroutine to completion on the parametrized loop."""
     loop = new_loop(loop_name)
 
-    def runner(coro):  # type: ignore[no-untyped-def]
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
         return loop.run_until_complete(coro)
 
     yield runner

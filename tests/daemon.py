@@ -66,9 +66,9 @@ class Daemon:
         self, event: str, timeout_s: float = 30.0, where: Callable[[LogLine], bool] | None = None
     ) -> LogLine:
         """The first log line (seen so far or arriving) with this event name and predicate."""
-        for line in list(self.lines):
-            if line.get("event") == event and (where is None or where(line)):
-                return line
+        for seen in list(self.lines):
+            if seen.get("event") == event and (where is None or where(seen)):
+                return seen
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -125,10 +125,13 @@ def scope_config(
     """A configuration watching one scratch cgroup, with metrics on an ephemeral port."""
     memcg = f'memcg_v1 = "{memcg_v1}"\n' if memcg_v1 else ""
     return (
-        "[daemon]\nmlockall = false\noom_score_adj = 0\n" + extra_daemon
+        "[daemon]\nmlockall = false\noom_score_adj = 0\n"
+        + extra_daemon
         + "\n[metrics]\nport = 0\n"
-        + "\n[guard]\ncooldown_ms = 500\n" + extra_guard
-        + "\n[kill]\n" + extra_kill
+        + "\n[guard]\ncooldown_ms = 500\n"
+        + extra_guard
+        + "\n[kill]\n"
+        + extra_kill
         + f'\n[[scopes]]\ncgroup = "{cgroup}"\n{memcg}'
         + '[[scopes.levels]]\nname = "some"\nkind = "some"\nthreshold_ms = 70\nwindow_ms = 1000\n'
         + policies

@@ -69,8 +69,9 @@ def test_protected_largest_process_is_never_chosen(
     """A protected anonymous hog bigger than the thrasher survives; the thrasher dies."""
     config = write_config(
         tmp_path / "p.toml",
-        scope_config(scratch.path, scratch.memcg_path,
-                     extra_guard='protect_cmdline = ["workloads hog 40"]\n'),
+        scope_config(
+            scratch.path, scratch.memcg_path, extra_guard='protect_cmdline = ["workloads hog 40"]\n'
+        ),
     )
     hog = scratch.spawn_workload("hog", "40")
     with Daemon(config) as daemon:
@@ -92,7 +93,10 @@ def test_bad_configuration_exits_2_naming_the_field(tmp_path: Path) -> None:
     )
     done = subprocess.run(
         ["python3", "-m", "pressured", "run", "-c", str(config)],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert "scopes.0.levels.0" in done.stderr
@@ -102,11 +106,15 @@ def test_bad_configuration_exits_2_naming_the_field(tmp_path: Path) -> None:
 
 def test_unknown_policy_exits_2_before_arming(tmp_path: Path) -> None:
     """A policy that cannot be resolved is a config error found before any trigger is armed."""
-    config = write_config(tmp_path / "bad.toml",
-                          "[[scopes]]\n[[scopes.policies]]\nname = 'no_such_policy'\n")
+    config = write_config(
+        tmp_path / "bad.toml", "[[scopes]]\n[[scopes.policies]]\nname = 'no_such_policy'\n"
+    )
     done = subprocess.run(
         ["python3", "-m", "pressured", "run", "-c", str(config)],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert "scopes.0.policies.0.name" in done.stderr

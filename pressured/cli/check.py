@@ -13,8 +13,11 @@ from pressured.kernel import psi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--no-policies", action="store_true",
-                        help="skip loading the policies (check the file's shape only)")
+    parser.add_argument(
+        "--no-policies",
+        action="store_true",
+        help="skip loading the policies (check the file's shape only)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,21 +17,31 @@ EXIT_CONFIG = 2
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, daemon_flags: bool = True) -> None:
     parser.add_argument(
-        "-c", "--config", metavar="FILE",
+        "-c",
+        "--config",
+        metavar="FILE",
         help=f"TOML configuration file (default: {DEFAULT_CONFIG} if it exists, else built-in "
         "defaults). Environment PRESSURED_SECTION__KEY=value overrides the file.",
     )
     parser.add_argument(
-        "--cgroup", metavar="PATH",
+        "--cgroup",
+        metavar="PATH",
         help="watch one cgroup v2 group (e.g. /jobs) instead of the whole system",
     )
     if daemon_flags:
-        parser.add_argument("--dry-run", action="store_true", default=None,
-                            help="do everything except send signals")
-        parser.add_argument("--loop", choices=("uvloop", "asyncio"),
-                            help="event loop implementation (default: uvloop)")
-        parser.add_argument("--log-format", choices=("auto", "json", "console"),
-                            help="log format (default: JSON when stdout is not a terminal)")
+        parser.add_argument(
+            "--dry-run", action="store_true", default=None, help="do everything except send signals"
+        )
+        parser.add_argument(
+            "--loop",
+            choices=("uvloop", "asyncio"),
+            help="event loop implementation (default: uvloop)",
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=("auto", "json", "console"),
+            help="log format (default: JSON when stdout is not a terminal)",
+        )
         parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
@@ -43,8 +53,12 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     daemon: dict[str, Any] = {}
-    for flag, key in (("dry_run", "dry_run"), ("loop", "loop"), ("log_format", "log_format"),
-                      ("log_level", "log_level")):
+    for flag, key in (
+        ("dry_run", "dry_run"),
+        ("loop", "loop"),
+        ("log_format", "log_format"),
+        ("log_level", "log_level"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             daemon[key] = value
@@ -62,8 +76,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def report_config_error(exc: ConfigError | UnsafeFileError) -> int:
     if isinstance(exc, ConfigError):
         where = f"{exc.source}: " if exc.source else ""
-        print(f"pressured: invalid configuration: {where}{exc.field}: {exc.reason}",
-              file=sys.stderr)
+        print(
+            f"pressured: invalid configuration: {where}{exc.field}: {exc.reason}", file=sys.stderr
+        )
     else:
         print(f"pressured: refusing unsafe file: {exc}", file=sys.stderr)
     return EXIT_CONFIG

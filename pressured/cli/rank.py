@@ -32,31 +32,47 @@ async def _rank(settings: Settings, level: str, top: int) -> list[dict[str, Any]
     for index, scope in enumerate(settings.scopes):
         chain = PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
         guard = Guard(settings.guard, self_cgroup=self_cgroup)
-        event = PressureEvent(scope=scope.cgroup or SYSTEM_SCOPE, level=level,
-                              source=EventSource.MANUAL)
-        snapshot = take_snapshot(event, layout=layout, proc_root=settings.daemon.proc_root,
-                                 cgroup_path=scope.cgroup, memcg_v1_path=scope.memcg_v1,
-                                 read_scope_pressure=True)
+        event = PressureEvent(
+            scope=scope.cgroup or SYSTEM_SCOPE, level=level, source=EventSource.MANUAL
+        )
+        snapshot = take_snapshot(
+            event,
+            layout=layout,
+            proc_root=settings.daemon.proc_root,
+            cgroup_path=scope.cgroup,
+            memcg_v1_path=scope.memcg_v1,
+            read_scope_pressure=True,
+        )
         result = await chain.decide(snapshot, guard.check)
-        ranked = sorted(snapshot.candidates, key=lambda p: (p.oom_score, p.memory_bytes),
-                        reverse=True)
-        out.append({
-            "scope": event.scope,
-            "policy": result.decision.policy,
-            "decision": result.decision.reason,
-            "would_kill": [v.describe() for v in result.decision.victims],
-            "ranking": [list(item) for item in result.decision.ranking],
-            "rejected": [{"policy": p, "victim": v.describe(), "why": why}
-                         for p, v, why in result.rejected],
-            "failures": [f"{f.policy}: {f.kind}: {f.detail}" for f in result.failures],
-            "candidates": [
-                {"pid": p.pid, "comm": p.comm, "oom_score": p.oom_score,
-                 "oom_score_adj": p.oom_score_adj, "rss_mib": round(p.rss_bytes / 2**20, 1),
-                 "swap_mib": round(p.swap_bytes / 2**20, 1),
-                 "protected": guard.process_protection(p) or ""}
-                for p in ranked[:top]
-            ],
-        })
+        ranked = sorted(
+            snapshot.candidates, key=lambda p: (p.oom_score, p.memory_bytes), reverse=True
+        )
+        out.append(
+            {
+                "scope": event.scope,
+                "policy": result.decision.policy,
+                "decision": result.decision.reason,
+                "would_kill": [v.describe() for v in result.decision.victims],
+                "ranking": [list(item) for item in result.decision.ranking],
+                "rejected": [
+                    {"policy": p, "victim": v.describe(), "why": why}
+                    for p, v, why in result.rejected
+                ],
+                "failures": [f"{f.policy}: {f.kind}: {f.detail}" for f in result.failures],
+                "candidates": [
+                    {
+                        "pid": p.pid,
+                        "comm": p.comm,
+                        "oom_score": p.oom_score,
+                        "oom_score_adj": p.oom_score_adj,
+                        "rss_mib": round(p.rss_bytes / 2**20, 1),
+                        "swap_mib": round(p.swap_bytes / 2**20, 1),
+                        "protected": guard.process_protection(p) or "",
+                    }
+                    for p in ranked[:top]
+                ],
+            }
+        )
         await chain.aclose()
     return out
 
@@ -75,10 +91,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"scope {scope['scope']}: would kill {verdict} ({scope['decision']})")
         for line in scope["failures"]:
             print(f"  policy failure: {line}", file=sys.stderr)
-        print(f"  {'PID':>7} {'COMM':<16} {'SCORE':>5} {'ADJ':>5} {'RSS MiB':>9} "
-              f"{'SWAP MiB':>9}  PROTECTED")
+        print(
+            f"  {'PID':>7} {'COMM':<16} {'SCORE':>5} {'ADJ':>5} {'RSS MiB':>9} "
+            f"{'SWAP MiB':>9}  PROTECTED"
+        )
         for c in scope["candidates"]:
-            print(f"  {c['pid']:>7} {c['comm'][:16]:<16} {c['oom_score']:>5} "
-                  f"{c['oom_score_adj']:>5} {c['rss_mib']:>9} {c['swap_mib']:>9}  "
-                  f"{c['protected']}")
+            print(
+                f"  {c['pid']:>7} {c['comm'][:16]:<16} {c['oom_score']:>5} "
+                f"{c['oom_score_adj']:>5} {c['rss_mib']:>9} {c['swap_mib']:>9}  "
+                f"{c['protected']}"
+            )
     return 0

@@ -90,7 +90,9 @@ class AvailabilityMonitor:
             if reading.low:
                 self.on_low(
                     PressureEvent(
-                        scope=self.scope, level=self.settings.level, source=EventSource.MEMORY,
+                        scope=self.scope,
+                        level=self.settings.level,
+                        source=EventSource.MEMORY,
                         detail=reading.figures,
                     )
                 )

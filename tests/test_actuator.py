@@ -1,0 +1,181 @@
+"""The actuator against real processes: escalation, vanished victims, reused PIDs, groups."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from pressured.actuator import Actuator
+from pressured.config import KillSettings
+from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
+from pressured.kernel import procfs
+from pressured.kernel.cgroupfs import discover_layout
+from pressured.policies.base import Decision, Victim
+from pressured.reaper import Reaper
+from pressured.snapshot import CgroupRecord, Snapshot
+from pressured.testing.scratch import ScratchGroup, wait_for_ready
+
+RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper() as worker:
+        yield worker
+
+
+def workload(*args: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pressured.testing.workloads", *args], stdout=subprocess.PIPE
+    )
+    wait_for_ready(proc, 30)
+    return proc
+
+
+def snapshot_of(*pids: int) -> Snapshot:
+    event = PressureEvent(scope="system", level="some", source=EventSource.MANUAL)
+    records = tuple(procfs.read_process(pid) for pid in pids)
+    return Snapshot(scope="system", event=event, processes=records)
+
+
+def execute(
+    run_async: RunAsync, actuator: Actuator, victim: Victim, snap: Snapshot, dry_run: bool = False
+) -> KillRecord:
+    decision = Decision.kill(victim)
+    coro = actuator.execute(
+        victim, snap, decision, decided_ns=snap.event.monotonic_ns, dry_run=dry_run
+    )
+    result: KillRecord = run_async(coro)
+    return result
+
+
+def test_sigterm_first_escalates_to_sigkill_after_grace(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """A victim that ignores SIGTERM is killed with SIGKILL once the grace period ends."""
+    stubborn = workload("--ignore-term", "sleep")
+    actuator = Actuator(
+        reaper, KillSettings(sigterm_first=True, grace_ms=300), layout=discover_layout()
+    )
+    snap = snapshot_of(stubborn.pid)
+    record = execute(run_async, actuator, Victim.process(snap.processes[0], "test"), snap)
+    assert record.result is KillResult.KILLED
+    assert record.signal == "SIGKILL"
+    assert stubborn.wait(5) == -signal.SIGKILL
+
+
+def test_sigterm_first_stops_there_when_the_victim_obeys(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """A victim that exits on SIGTERM is not sent SIGKILL."""
+    polite = workload("sleep")
+    actuator = Actuator(
+        reaper, KillSettings(sigterm_first=True, grace_ms=5000), layout=discover_layout()
+    )
+    snap = snapshot_of(polite.pid)
+    record = execute(run_async, actuator, Victim.process(snap.processes[0], "test"), snap)
+    assert record.result is KillResult.KILLED
+    assert record.signal == "SIGTERM"
+    assert polite.wait(5) == -signal.SIGTERM
+
+
+def test_victim_that_exited_before_the_kill_is_vanished_and_nobody_else_dies(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """Exit between choice and kill: no error, no signal to anyone else."""
+    victim = workload("sleep")
+    bystander = workload("sleep")
+    snap = snapshot_of(victim.pid, bystander.pid)
+    victim.kill()
+    victim.wait()
+    actuator = Actuator(reaper, KillSettings(), layout=discover_layout())
+    record = execute(run_async, actuator, Victim.process(snap.processes[0], "test"), snap)
+    assert record.result is KillResult.VANISHED
+    assert bystander.poll() is None
+    bystander.kill()
+    bystander.wait()
+
+
+def test_reused_pid_is_refused_by_the_identity_check(run_async: RunAsync, reaper: Reaper) -> None:
+    """A live process whose start time differs from the snapshot's is never signalled."""
+    other = workload("sleep")
+    snap = snapshot_of(other.pid)
+    record_in_snapshot = snap.processes[0]
+    # The policy's victim carries the start time it saw; pretend it saw an older process.
+    victim = Victim(
+        kind=Victim.process(record_in_snapshot, "x").kind,
+        reason="test",
+        pid=other.pid,
+        start_time=record_in_snapshot.start_time - 1,
+    )
+    actuator = Actuator(reaper, KillSettings(), layout=discover_layout())
+    record = execute(run_async, actuator, victim, snap)
+    assert record.result is KillResult.IDENTITY_CHANGED
+    assert other.poll() is None
+    other.kill()
+    other.wait()
+
+
+def test_dry_run_signals_nothing(run_async: RunAsync, reaper: Reaper) -> None:
+    """Dry-run produces a full record and leaves the victim alive."""
+    proc = workload("sleep")
+    snap = snapshot_of(proc.pid)
+    actuator = Actuator(reaper, KillSettings(), layout=discover_layout())
+    record = execute(
+        run_async, actuator, Victim.process(snap.processes[0], "test"), snap, dry_run=True
+    )
+    assert record.result is KillResult.DRY_RUN
+    assert proc.poll() is None
+    proc.kill()
+    proc.wait()
+
+
+def test_cgroup_victim_kills_and_reaps_every_member(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """A cgroup victim: a pidfd per member, cgroup.kill, mrelease each, all confirmed."""
+    child = scratch.child("job")
+    members = [scratch.spawn_workload("hog", "16", group=child) for _ in range(2)]
+    bystander = scratch.spawn_workload("sleep")
+    record_group = CgroupRecord(
+        path=child.path, memory=None, pressure=None, pids=tuple(p.pid for p in members)
+    )
+    event = PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+    snap = Snapshot(scope=scratch.path, event=event, processes=(), cgroups=(record_group,))
+    actuator = Actuator(reaper, KillSettings(), layout=scratch.layout)
+    record = execute(run_async, actuator, Victim.group(record_group, "test"), snap)
+    assert record.result is KillResult.KILLED
+    assert record.members == 2
+    assert record.signal == "cgroup.kill"
+    assert all(p.wait(5) == -signal.SIGKILL for p in members)
+    assert bystander.poll() is None
+
+
+def test_wait_is_event_driven_not_a_timeout(run_async: RunAsync, reaper: Reaper) -> None:
+    """Death is confirmed from the pidfd turning readable, long before the confirm limit."""
+    proc = workload("sleep")
+    snap = snapshot_of(proc.pid)
+    actuator = Actuator(reaper, KillSettings(confirm_timeout_ms=60_000), layout=discover_layout())
+
+    async def timed() -> tuple[KillRecord, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        record = await actuator.execute(
+            Victim.process(snap.processes[0], "t"),
+            snap,
+            Decision.no_action("x"),
+            decided_ns=0,
+            dry_run=False,
+        )
+        return record, loop.time() - started
+
+    record, elapsed = run_async(timed())
+    assert record.result is KillResult.KILLED
+    assert elapsed < 30  # far below the 60 s confirm limit: we were woken by the exit

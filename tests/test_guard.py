@@ -1,0 +1,116 @@
+"""The guard: who is never killed, and the pacing of kills (with an injected clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pressured.config import GuardSettings
+from pressured.guard import Guard
+from pressured.policies.base import Victim
+from pressured.snapshot import CgroupRecord, Snapshot
+from tests.records import process, snapshot
+
+SELF = 4242
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(clock: FakeClock | None = None, **settings: object) -> Guard:
+    return Guard(
+        GuardSettings.model_validate(settings),
+        self_pid=SELF,
+        self_cgroup="/system/pressured",
+        clock=clock or FakeClock(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (process(1), "PID 1"),
+        (process(SELF), "pressured itself"),
+        (process(2, kernel_thread=True), "kernel thread"),
+        (process(10, adj=-1000), "oom_score_adj is -1000"),
+        (process(11, comm="sshd"), "protected name"),
+    ],
+)
+def test_always_protected(record: object, expected: str) -> None:
+    """PID 1, ourselves, kernel threads, adj -1000 and default names are never killable."""
+    from pressured.kernel.procfs import ProcessRecord
+
+    assert isinstance(record, ProcessRecord)
+    reason = guard().process_protection(record)
+    assert reason is not None and expected in reason
+
+
+def test_configured_protection_by_uid_cmdline_and_cgroup() -> None:
+    """Configured uids, cmdline patterns and cgroup subtrees are protected."""
+    g = guard(protect_uids=[33], protect_cmdline=[r"--role=primary"], protect_cgroups=["/db"])
+    assert "uid 33" in (g.process_protection(process(20, uid=33)) or "")
+    assert "cmdline" in (g.process_protection(process(21, cmdline="pg --role=primary")) or "")
+    assert "/db" in (g.process_protection(process(22, cgroup="/db/replica")) or "")
+    assert g.process_protection(process(23, cgroup="/dbx")) is None
+    assert g.process_protection(process(24)) is None
+
+
+def test_victim_must_be_in_snapshot_with_matching_start_time() -> None:
+    """A pid outside the snapshot, or with another start time, is rejected."""
+    record = process(30, start_time=5)
+    snap = snapshot(record)
+    g = guard()
+    assert g.check(Victim.process(record, "ok"), snap) is None
+    stranger = process(31)
+    assert "not in the snapshot" in (g.check(Victim.process(stranger, "x"), snap) or "")
+    reused = process(30, start_time=6)
+    assert "start time" in (g.check(Victim.process(reused, "x"), snap) or "")
+
+
+def test_cgroup_holding_the_daemon_or_a_protected_member_is_rejected() -> None:
+    """cgroup.kill would take protected members (or us) down: such groups are refused."""
+    member = process(40, comm="sshd", cgroup="/jobs/a")
+    group_a = CgroupRecord(path="/jobs/a", memory=None, pressure=None, pids=(40,))
+    group_b = CgroupRecord(path="/jobs/b", memory=None, pressure=None, pids=(41,))
+    snap = snapshot(member, process(41, cgroup="/jobs/b"))
+    snap = Snapshot(
+        scope=snap.scope,
+        event=snap.event,
+        processes=snap.processes,
+        cgroups=(group_a, group_b),
+        self_pid=SELF,
+    )
+    g = guard()
+    assert "protected" in (g.check(Victim.group(group_a, "x"), snap) or "")
+    assert g.check(Victim.group(group_b, "x"), snap) is None
+    assert g.cgroup_protection("/", snap) == "the root cgroup"
+    assert g.cgroup_protection("/system", snap) == "holds pressured itself"
+
+
+def test_no_second_kill_while_one_is_in_flight_then_cooldown() -> None:
+    """In flight blocks; after the victim is confirmed dead the settle delay applies."""
+    clock = FakeClock()
+    g = guard(clock, cooldown_ms=1500)
+    assert g.pacing() is None
+    g.kill_started()
+    assert g.pacing() == "a kill is in flight"
+    g.kill_finished()
+    assert "cooling down" in (g.pacing() or "")
+    clock.now += 1.6
+    assert g.pacing() is None
+
+
+def test_rate_limit_counts_kills_in_the_last_minute() -> None:
+    """At most max_kills_per_minute kills start within any 60 s."""
+    clock = FakeClock()
+    g = guard(clock, cooldown_ms=0, max_kills_per_minute=2)
+    for _ in range(2):
+        g.kill_started()
+        g.kill_finished()
+    assert "rate limit" in (g.pacing() or "")
+    clock.now += 60.0
+    assert g.pacing() is None
