@@ -55,6 +55,18 @@ async def wait_exited(pidfd: int, timeout_s: float) -> int | None:
         loop.remove_reader(pidfd)
 
 
+def identity_matches(pid: int, start_time: int | None, proc_root: str = "/proc") -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time``. Call it after
+    opening the pidfd: from then on the PID cannot be recycled under us."""
+    if start_time is None:
+        return True
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as handle:
+            return procfs.parse_stat(handle.read()).start_time == start_time
+    except (OSError, ValueError):
+        return False
+
+
 def _ms(start_ns: int | None, end_ns: int | None) -> float | None:
     if start_ns is None or end_ns is None:
         return None
@@ -146,13 +158,7 @@ class Actuator:
 
     # -- processes ------------------------------------------------------------------------
     def _identity_ok(self, pid: int, start_time: int | None) -> bool:
-        if start_time is None:
-            return True
-        try:
-            with open(f"{self.proc_root}/{pid}/stat", "rb") as handle:
-                return procfs.parse_stat(handle.read()).start_time == start_time
-        except (OSError, ValueError):
-            return False
+        return identity_matches(pid, start_time, self.proc_root)
 
     async def _kill_process(self, victim: Victim, snapshot: Snapshot, ctx: _Context) -> KillRecord:
         assert victim.pid is not None  # noqa: S101 - the guard rejects pid-less process victims

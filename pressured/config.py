@@ -125,9 +125,23 @@ class ScopeSettings(_Model):
     recheck_interval_ms: float = Field(
         default=100, ge=10, description="Re-evaluate this often while an episode lasts."
     )
-    recheck_inflight_interval_ms: float = Field(
-        default=10, ge=1, description="... and this often while a kill is in flight."
+    starvation_check_s: float = Field(
+        default=10.0,
+        description="Every this many seconds compare the scope's cumulative stall with the "
+        "trigger events seen; stall growth without events means something reading the "
+        "pressure file is starving unprivileged triggers. 0 turns the check off; shorter than "
+        "10 s is refused because the check itself would starve them.",
     )
+
+    @field_validator("starvation_check_s")
+    @classmethod
+    def _rare_enough(cls, value: float) -> float:
+        if value != 0 and value < 10:
+            raise ValueError(
+                "must be 0 (off) or at least 10 s: reading the pressure file more "
+                "often starves unprivileged triggers"
+            )
+        return value
 
     @field_validator("cgroup", "memcg_v1")
     @classmethod

@@ -32,6 +32,7 @@ from pressured.reaper import Reaper, ThreadInfo
 from pressured.scope import ScopeRunner
 from pressured.selfprotect import lock_memory, protect_from_oom
 from pressured.snapshot import RecentKill
+from pressured.watchdog import Watchdog, watched_scope
 
 log = structlog.get_logger("pressured.controller")
 
@@ -77,6 +78,7 @@ class Controller:
         self.scopes: list[ScopeRunner] = []
         self.recent: deque[KillRecord] = deque(maxlen=RECENT_KILLS)
         self.reaper_info: ThreadInfo | None = None
+        self.watchdog: Watchdog | None = None
         self._io: ThreadPoolExecutor | None = None
         self._subscribers: list[asyncio.Queue[ControllerEvent]] = []
         self._main: asyncio.Task[None] | None = None
@@ -179,7 +181,10 @@ class Controller:
             if self._protect_self:
                 self._protect(settings)
             self._arm(self.scopes)
+            self._start_watchdog(settings)
         except BaseException:
+            for runner in self.scopes:
+                runner.disarm()
             await self._release_threads()
             raise
         self._main = asyncio.create_task(self._run(), name="pressured-controller")
@@ -195,6 +200,41 @@ class Controller:
             dry_run=settings.daemon.dry_run,
             layout=str(self.layout.mode),
         )
+
+    def _start_watchdog(self, settings: Settings) -> None:
+        if not settings.watchdog.enabled:
+            return
+        proc_root = settings.daemon.proc_root
+        watched = [
+            w
+            for scope in settings.scopes
+            if (w := watched_scope(scope, self.layout, proc_root)) is not None
+        ]
+        self_cgroup = None
+        with contextlib.suppress(OSError):
+            self_cgroup = cgroupfs.own_cgroup("self", proc_root)
+        self.watchdog = Watchdog(
+            asyncio.get_running_loop(),
+            watched,
+            stall_limit_s=settings.watchdog.stall_limit_ms / 1000,
+            guard_settings=settings.guard,
+            self_cgroup=self_cgroup,
+            layout=self.layout,
+            proc_root=proc_root,
+            privileged=self.privileged,
+            dry_run=settings.daemon.dry_run,
+        )
+        self.watchdog.start()
+        log.info(
+            "watchdog.started",
+            scopes=[w.name for w in watched],
+            stall_limit_ms=settings.watchdog.stall_limit_ms,
+        )
+
+    def _stop_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
 
     def _protect(self, settings: Settings) -> None:
         if settings.daemon.oom_score_adj is not None:
@@ -257,9 +297,10 @@ class Controller:
             return
         main, self._main = self._main, None
         log.info("controller.stopping")
-        # 1. Disarm triggers: no new events from the kernel.
+        # 1. Disarm triggers (and the watchdog's): no new events from the kernel.
         for runner in self.scopes:
             runner.disarm()
+        self._stop_watchdog()
         # 2. Stop deciding: cancel the scope tasks and the root group (in-flight kills finish
         #    on the reaper thread; we only stop waiting for them).
         self._stopping.set()
@@ -356,6 +397,8 @@ class Controller:
             await runner.chain.aclose()
         self.settings = new
         self.scopes = runners
+        self._stop_watchdog()
+        self._start_watchdog(new)
         if self._tg is not None:
             self._start_scope_tasks(self._tg)
         log.info("config.reloaded", scopes=[runner.name for runner in runners])

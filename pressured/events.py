@@ -24,6 +24,8 @@ class EventSource(StrEnum):
     """A follow-up evaluation while an episode lasts."""
     MEMORY = "memory"
     """The memory-availability monitor crossed its threshold."""
+    STARVATION = "starvation"
+    """The cumulative stall grew past a level's ratio while its trigger stayed silent."""
     WATCHDOG = "watchdog"
     """The watchdog thread acted for a stuck loop."""
     MANUAL = "manual"

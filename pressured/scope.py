@@ -42,6 +42,7 @@ class ScopeStats:
     decisions: int = 0
     kills: int = 0
     deferred: int = 0
+    starved: int = 0
     last_event_wall: float | None = None
     fired: dict[str, int] = field(default_factory=dict)
 
@@ -178,6 +179,8 @@ class ScopeRunner:
         tasks = []
         if self.availability is not None:
             tasks.append(asyncio.create_task(self.availability.run(), name=f"avail:{self.name}"))
+        if self.settings.starvation_check_s and self.triggers is not None:
+            tasks.append(asyncio.create_task(self.watch_starvation(), name=f"starve:{self.name}"))
         try:
             while True:
                 event = await self.queue.get()
@@ -189,6 +192,62 @@ class ScopeRunner:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _read_pressure(self) -> psi.Pressure | None:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.io, psi.read_pressure, self.pressure_path())
+        except (OSError, ValueError):
+            return None
+
+    async def watch_starvation(self) -> None:
+        """Every ``starvation_check_s`` (>= 10 s, so the check itself starves nothing), see
+        whether the scope stalled past a level's ratio while no trigger fired at all. That is
+        what a frequent reader of the pressure file does to unprivileged triggers: say so
+        loudly, and act on the pressure ourselves."""
+        interval = self.settings.starvation_check_s
+        last = await self._read_pressure()
+        last_fired = sum(self.stats.fired.values())
+        while True:
+            await asyncio.sleep(interval)
+            current = await self._read_pressure()
+            fired = sum(self.stats.fired.values())
+            if current is not None and last is not None and fired == last_fired:
+                for armed in self.triggers.armed if self.triggers else ():
+                    now_line, then_line = (
+                        current.line(armed.effective.kind),
+                        last.line(armed.effective.kind),
+                    )
+                    if now_line is None or then_line is None:
+                        continue
+                    ratio = (now_line.total_us - then_line.total_us) / (interval * 1e6)
+                    if ratio >= armed.effective.stall_ratio:
+                        self.stats.starved += 1
+                        log.error(
+                            "trigger.starved",
+                            scope=self.name,
+                            level=armed.level,
+                            stall_ratio=round(ratio, 4),
+                            trigger_ratio=round(armed.effective.stall_ratio, 4),
+                            interval_s=interval,
+                            privileged=False,
+                            detail="stall grew past the trigger's threshold but no event came: "
+                            "something reading this pressure file often (a monitoring agent?) "
+                            "is starving unprivileged triggers; acting on it now. Grant "
+                            "CAP_SYS_RESOURCE or stop the frequent reader.",
+                        )
+                        self._offer(
+                            PressureEvent(
+                                scope=self.name,
+                                level=armed.level,
+                                source=EventSource.STARVATION,
+                                trigger=armed.effective,
+                                pressure=current,
+                                detail={"stall_ratio": ratio},
+                            )
+                        )
+                        break
+            last, last_fired = current, fired
 
     async def _episode_loop(self, first: PressureEvent) -> None:
         event: PressureEvent | None = first
@@ -249,6 +308,7 @@ class ScopeRunner:
                 memcg_v1_path=memcg,
                 read_scope_pressure=False,
                 recent_kills=recent,
+                protection=self.guard.process_protection,
             )
 
         return await loop.run_in_executor(self.io, _take)

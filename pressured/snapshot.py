@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pressured.errors import KernelError, ParseError
@@ -94,6 +94,10 @@ class Snapshot:
     scan_duration_ns: int = 0
     complete: bool = True
     problems: tuple[ScanProblem, ...] = ()
+    protected: frozenset[int] = frozenset()
+    """PIDs the guard will refuse (PID 1, us, kernel threads, adj -1000, configured
+    protection). Left out of :attr:`candidates` so policies rank only what may die; the guard
+    still re-checks every victim a policy returns."""
 
     def process(self, pid: int) -> ProcessRecord | None:
         for record in self.processes:
@@ -111,7 +115,11 @@ class Snapshot:
     def candidates(self) -> tuple[ProcessRecord, ...]:
         """User processes other than ourselves: what a process policy normally ranks."""
         return tuple(
-            p for p in self.processes if not p.is_kernel_thread and p.pid not in (1, self.self_pid)
+            p
+            for p in self.processes
+            if not p.is_kernel_thread
+            and p.pid not in (1, self.self_pid)
+            and p.pid not in self.protected
         )
 
 
@@ -158,6 +166,7 @@ def take_snapshot(
     recent_kills: tuple[RecentKill, ...] = (),
     deadline_s: float = 2.0,
     cmdline_limit: int = procfs.DEFAULT_CMDLINE_LIMIT,
+    protection: Callable[[ProcessRecord], str | None] | None = None,
 ) -> Snapshot:
     """Scan the scope in one synchronous call (run it on a worker thread).
 
@@ -187,10 +196,14 @@ def take_snapshot(
         memory: SystemMemory | None = SystemMemory.from_meminfo(procfs.read_meminfo(proc_root))
     except OSError:
         memory = None
+    protected = frozenset(
+        p.pid for p in scan.processes if protection is not None and protection(p) is not None
+    )
     return Snapshot(
         scope=event.scope,
         event=event,
         processes=scan.processes,
+        protected=protected,
         cgroups=tuple(cgroups),
         memory=memory,
         recent_kills=recent_kills,

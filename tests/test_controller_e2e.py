@@ -66,23 +66,25 @@ def test_dry_run_kills_nothing_and_logs_the_would_be_kill(
 def test_protected_largest_process_is_never_chosen(
     scratch: ScratchGroup, thrash_file: str, tmp_path: Path
 ) -> None:
-    """A protected anonymous hog bigger than the thrasher survives; the thrasher dies."""
+    """The thrasher, largest in the group, is protected: the smaller hog dies instead."""
     config = write_config(
         tmp_path / "p.toml",
         scope_config(
-            scratch.path, scratch.memcg_path, extra_guard='protect_cmdline = ["workloads hog 40"]\n'
+            scratch.path, scratch.memcg_path, extra_guard='protect_cmdline = ["workloads thrash"]\n'
         ),
     )
-    hog = scratch.spawn_workload("hog", "40")
+    hog = scratch.spawn_workload("hog", "8")
     with Daemon(config) as daemon:
         daemon.wait_for("controller.ready", 20)
         thrasher = scratch.spawn_workload("thrash", thrash_file)
         line = daemon.wait_for("victim.killed", 40)
-        assert line["pid"] == thrasher.pid
-        assert _alive(hog)
+        assert line["pid"] == hog.pid
+        assert hog.wait(10) == -signal.SIGKILL
+        assert _alive(thrasher)
         for decided in daemon.events("policy.decided"):
-            assert f"pid {hog.pid}" != decided["victim"]
+            assert decided["victim"] != f"pid {thrasher.pid}"
         daemon.stop()
+    assert _alive(thrasher)
 
 
 def test_bad_configuration_exits_2_naming_the_field(tmp_path: Path) -> None:

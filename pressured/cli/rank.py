@@ -42,10 +42,13 @@ async def _rank(settings: Settings, level: str, top: int) -> list[dict[str, Any]
             cgroup_path=scope.cgroup,
             memcg_v1_path=scope.memcg_v1,
             read_scope_pressure=True,
+            protection=guard.process_protection,
         )
         result = await chain.decide(snapshot, guard.check)
         ranked = sorted(
-            snapshot.candidates, key=lambda p: (p.oom_score, p.memory_bytes), reverse=True
+            (p for p in snapshot.processes if not p.is_kernel_thread),
+            key=lambda p: (p.oom_score, p.memory_bytes),
+            reverse=True,
         )
         out.append(
             {

@@ -1,0 +1,207 @@
+"""The watchdog: a thread that acts when the event loop cannot.
+
+A blocking plugin or a loop stuck in reclaim must not leave the machine to freeze. The
+watchdog thread holds its own PSI trigger per scope (on the scope's most severe level) and
+sleeps in ``poll()`` until one fires: no timer, so no idle wake-ups. When one fires it asks the
+loop for a sign of life (``call_soon_threadsafe``); if none comes within ``stall_limit_ms`` it
+logs ``watchdog.loop_stuck`` and performs the default policy's kill itself, from its own
+thread: scan, rank by the kernel's badness, guard, pidfd, SIGKILL + mrelease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from pressured.actuator import identity_matches
+from pressured.config import GuardSettings, ScopeSettings
+from pressured.events import SYSTEM_SCOPE, EventSource, PressureEvent
+from pressured.guard import OOM_SCORE_ADJ_NEVER, Guard
+from pressured.kernel import pidfd as pidfd_mod
+from pressured.kernel import psi
+from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
+from pressured.policies.base import Victim
+from pressured.reaper import kill_and_release
+from pressured.snapshot import take_snapshot
+
+log = structlog.get_logger("pressured.watchdog")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedScope:
+    name: str
+    cgroup: str | None
+    memcg_v1: str | None
+    pressure_path: str
+    spec: psi.TriggerSpec
+    level: str
+
+
+def watched_scope(
+    scope: ScopeSettings, layout: CgroupLayout | None, proc_root: str
+) -> WatchedScope | None:
+    """The scope's most severe level (a 'full' one if any, else the last), or None."""
+    if not scope.levels:
+        return None
+    level = next((lv for lv in reversed(scope.levels) if lv.kind == "full"), scope.levels[-1])
+    if scope.cgroup is not None and layout is not None:
+        path = str(Cgroup(layout, scope.cgroup).pressure_path("memory"))
+    else:
+        path = str(psi.system_pressure_path("memory", proc_root))
+    return WatchedScope(
+        scope.cgroup or SYSTEM_SCOPE,
+        scope.cgroup,
+        scope.memcg_v1,
+        path,
+        level.trigger(),
+        level.name,
+    )
+
+
+class Watchdog:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        scopes: list[WatchedScope],
+        *,
+        stall_limit_s: float,
+        guard_settings: GuardSettings,
+        self_cgroup: str | None,
+        layout: CgroupLayout | None,
+        proc_root: str,
+        privileged: bool,
+        dry_run: bool,
+    ) -> None:
+        self.loop = loop
+        self.scopes = scopes
+        self.stall_limit_s = stall_limit_s
+        self.guard = Guard(guard_settings, self_cgroup=self_cgroup)
+        self.layout = layout
+        self.proc_root = proc_root
+        self.privileged = privileged
+        self.dry_run = dry_run
+        self._fds: dict[int, WatchedScope] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread: threading.Thread | None = None
+        self.stuck_detected = 0
+        self.kills = 0
+        self.checks = 0
+
+    def start(self) -> None:
+        for scope in self.scopes:
+            spec, _ = psi.legalize(scope.spec, privileged=self.privileged)
+            self._fds[psi.open_trigger(scope.pressure_path, spec)] = scope
+        self._thread = threading.Thread(target=self._run, name="pressured-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for fd in self._fds:
+            pidfd_mod.close_quietly(fd)
+        self._fds.clear()
+        pidfd_mod.close_quietly(self._wake_r)
+        pidfd_mod.close_quietly(self._wake_w)
+
+    def loop_answers(self, timeout_s: float) -> bool:
+        answered = threading.Event()
+        try:
+            self.loop.call_soon_threadsafe(answered.set)
+        except RuntimeError:
+            return True  # the loop is closed: we are shutting down, nothing is stuck
+        return answered.wait(timeout_s)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        for fd in self._fds:
+            poller.register(fd, select.POLLPRI)
+        while True:
+            ready = poller.poll()
+            if any(fd == self._wake_r for fd, _ in ready):
+                return
+            for fd, mask in ready:
+                if mask & select.POLLPRI and fd in self._fds:
+                    self._on_pressure(self._fds[fd])
+
+    def _on_pressure(self, scope: WatchedScope) -> None:
+        self.checks += 1
+        started = time.monotonic()
+        if self.loop_answers(self.stall_limit_s):
+            return
+        self.stuck_detected += 1
+        log.critical(
+            "watchdog.loop_stuck",
+            scope=scope.name,
+            level=scope.level,
+            waited_s=round(time.monotonic() - started, 3),
+            detail="the event loop does not answer under critical pressure; "
+            "the watchdog kills by the default policy itself",
+        )
+        try:
+            self.emergency_kill(scope)
+        except Exception as exc:  # a watchdog that dies protects nothing: log and carry on
+            log.error("watchdog.kill_failed", scope=scope.name, error=repr(exc))
+
+    def emergency_kill(self, scope: WatchedScope) -> bool:
+        """The default policy (kernel badness), guarded, executed on this thread."""
+        event = PressureEvent(scope=scope.name, level=scope.level, source=EventSource.WATCHDOG)
+        snapshot = take_snapshot(
+            event,
+            layout=self.layout,
+            proc_root=self.proc_root,
+            cgroup_path=scope.cgroup,
+            memcg_v1_path=scope.memcg_v1,
+            protection=self.guard.process_protection,
+        )
+        ranked = sorted(
+            (p for p in snapshot.candidates if p.oom_score_adj > OOM_SCORE_ADJ_NEVER),
+            key=lambda p: (p.oom_score, p.memory_bytes),
+            reverse=True,
+        )
+        for record in ranked:
+            victim = Victim.process(record, "watchdog: loop stuck under critical pressure")
+            if self.guard.check(victim, snapshot) is not None:
+                continue
+            if self.dry_run:
+                log.critical(
+                    "watchdog.would_kill",
+                    pid=record.pid,
+                    comm=record.comm,
+                    rss_before_bytes=record.memory_bytes,
+                )
+                return False
+            try:
+                fd = pidfd_mod.open_pidfd(record.pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if not identity_matches(record.pid, record.start_time, self.proc_root):
+                    continue
+                outcome = kill_and_release(record.pid, fd)
+                exited = pidfd_mod.wait_exited(fd, 5.0)
+            finally:
+                pidfd_mod.close_quietly(fd)
+            self.kills += 1
+            log.critical(
+                "watchdog.killed",
+                scope=scope.name,
+                pid=record.pid,
+                comm=record.comm,
+                rss_before_bytes=record.memory_bytes,
+                exited=exited,
+                mrelease=str(outcome.mrelease.status) if outcome.mrelease else None,
+                signal_to_reaped_ms=outcome.signal_to_reaped_ms,
+            )
+            return True
+        log.error("watchdog.no_victim", scope=scope.name)
+        return False
