@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -24,10 +26,11 @@ from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.kernel.pidfd import MreleaseResult
 from pressured.policies.base import Decision, Victim
-from pressured.reaper import Reaper, ReapOutcome
+from pressured.reaper import Reaper, ReaperBusy
 from pressured.snapshot import Snapshot
 
 log = structlog.get_logger("pressured.actuator")
+T = TypeVar("T")
 
 
 async def wait_exited(pidfd: int, timeout_s: float) -> int | None:
@@ -125,6 +128,7 @@ class Actuator:
         signal_ns: int | None = None,
         reaped_ns: int | None = None,
         exit_ns: int | None = None,
+        boosted: bool = False,
     ) -> KillRecord:
         event = ctx.event
         pressure = event.pressure
@@ -154,7 +158,32 @@ class Actuator:
             pressure_full_avg10=pressure.full.avg10 if pressure and pressure.full else None,
             figures=dict(victim.figures),
             dry_run=ctx.dry_run,
+            victim_boosted=boosted,
         )
+
+    async def _reap(self, job: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a reaper job; if the thread is stuck, dead or jammed, replace it and retry once.
+        None when the retry failed too (the caller records a failed kill).
+
+        The retry re-sends SIGKILL (harmless to a dying process) and calls mrelease again.
+        """
+        timeout_s = self.settings.reaper_timeout_ms / 1000
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await job()
+            except (TimeoutError, ReaperBusy, RuntimeError) as exc:
+                log.error(
+                    "reaper.unresponsive",
+                    error=repr(exc),
+                    timeout_s=timeout_s,
+                    attempt=attempt,
+                    detail="replacing the reaper thread",
+                )
+                # Rare emergency path: starting a thread takes about a millisecond, so it is
+                # done right here rather than through yet another thread.
+                self.reaper.restart()
+        return None
 
     # -- processes ------------------------------------------------------------------------
     def _identity_ok(self, pid: int, start_time: int | None) -> bool:
@@ -194,6 +223,12 @@ class Actuator:
         pid = victim.pid
         assert pid is not None  # noqa: S101 - checked by the caller
         confirm_s = self.settings.confirm_timeout_ms / 1000
+        if pidfd_mod.has_exited(fd):
+            # Exited (perhaps a zombie not yet collected) between choice and now: nothing to
+            # free, and nobody else is signalled in its place.
+            return self._record(
+                ctx, victim, KillResult.VANISHED, pid=pid, comm=comm, rss=rss, sig="none"
+            )
         if self.settings.sigterm_first:
             try:
                 pidfd_mod.send_signal(fd, signal.SIGTERM)
@@ -222,7 +257,11 @@ class Actuator:
                 grace_ms=self.settings.grace_ms,
                 detail="still alive after SIGTERM",
             )
-        outcome: ReapOutcome = await self.reaper.kill(pid, fd)
+        outcome = await self._reap(lambda: self.reaper.kill(pid, fd))
+        if outcome is None:
+            return self._record(
+                ctx, victim, KillResult.FAILED, pid=pid, comm=comm, rss=rss, sig="none"
+            )
         if not outcome.signalled:
             result = (
                 KillResult.VANISHED
@@ -244,6 +283,7 @@ class Actuator:
             signal_ns=outcome.signal_ns,
             reaped_ns=outcome.reaped_ns,
             exit_ns=exit_ns,
+            boosted=outcome.boosted,
         )
 
     # -- cgroups --------------------------------------------------------------------------
@@ -287,9 +327,13 @@ class Actuator:
                     sig="none",
                     members=len(fds),
                 )
-            outcome = await self.reaper.kill_group(group, fds)
-            if not outcome.killed:
-                log.error("victim.kill_failed", cgroup=victim.cgroup, error=outcome.kill_error)
+            outcome = await self._reap(lambda: self.reaper.kill_group(group, fds))
+            if outcome is None or not outcome.killed:
+                log.error(
+                    "victim.kill_failed",
+                    cgroup=victim.cgroup,
+                    error=outcome.kill_error if outcome else "reaper unresponsive",
+                )
                 return self._record(
                     ctx,
                     victim,

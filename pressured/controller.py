@@ -425,14 +425,18 @@ class Controller:
             except Exception as exc:
                 log.warning("sink.failed", sink=type(sink).__name__, error=repr(exc))
 
-    async def _publish_event(self, event: PressureEvent) -> None:
-        log.info(
+    async def _publish_event(self, event: PressureEvent, deferred: str | None = None) -> None:
+        # A deferred event (kill in flight, cooldown, rate limit) is logged at debug level: in
+        # a burst of triggers one line per event would flood the log and tell nothing new.
+        emit = log.debug if deferred else log.info
+        emit(
             "pressure.event",
             scope=event.scope,
             level=event.level,
             source=str(event.source),
             trigger=str(event.trigger) if event.trigger else None,
             episode=event.episode,
+            deferred=deferred,
             **event.detail,
         )
         self._fan_out(event)

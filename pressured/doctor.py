@@ -300,6 +300,11 @@ def _arm_and_close(path: str, spec: psi.TriggerSpec) -> None:
     os.close(fd)
 
 
+def _spec_text(spec: psi.TriggerSpec) -> str:
+    """The spec as written to the kernel, without its NUL: ``some 150000 1000000``."""
+    return spec.kernel_text().rstrip(b"\0").decode("ascii")
+
+
 def _errno_name(number: int) -> str:
     return errno_mod.errorcode.get(number, str(number))
 
@@ -315,7 +320,7 @@ def probe_trigger_windows(proc_root: str = "/proc") -> TriggerProbe:
     probes: dict[str, str] = {}
     try:
         _arm_and_close(path, fast)
-        probes[fast.kernel_text().rstrip(b"\0").decode()] = "ok"
+        probes[_spec_text(fast)] = "ok"
         windows = TriggerWindows(
             privileged=True,
             min_window_us=psi.WINDOW_MIN_US,
@@ -327,15 +332,15 @@ def probe_trigger_windows(proc_root: str = "/proc") -> TriggerProbe:
         )
         return TriggerProbe(path, windows)
     except TriggerError as exc:
-        probes[fast.kernel_text().rstrip(b"\0").decode()] = _errno_name(exc.errno)
+        probes[_spec_text(fast)] = _errno_name(exc.errno)
         if exc.errno != errno_mod.EINVAL:
             return TriggerProbe(path, None, str(exc), exc.errno)
     try:
         _arm_and_close(path, slow)
     except TriggerError as exc:
-        probes[slow.kernel_text().rstrip(b"\0").decode()] = _errno_name(exc.errno)
+        probes[_spec_text(slow)] = _errno_name(exc.errno)
         return TriggerProbe(path, None, str(exc), exc.errno)
-    probes[slow.kernel_text().rstrip(b"\0").decode()] = "ok"
+    probes[_spec_text(slow)] = "ok"
     windows = TriggerWindows(
         privileged=False,
         min_window_us=psi.UNPRIVILEGED_WINDOW_STEP_US,
@@ -425,13 +430,17 @@ def check_pidfd() -> CheckResult:
     return CheckResult("pidfd", Status.OK, "pidfd_open and pidfd_send_signal work", essential=True)
 
 
-def _start_child(code: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", code],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+def _start_child(code: str) -> subprocess.Popen[bytes] | None:
+    """A probe child, or None when no Python interpreter can be started (reported, not raised)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except (OSError, ValueError):
+        return None
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
@@ -464,7 +473,7 @@ def _finish_child(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def start_mrelease_probe() -> subprocess.Popen[bytes]:
+def start_mrelease_probe() -> subprocess.Popen[bytes] | None:
     """Start the throw-away child :func:`check_mrelease` kills (early, to overlap start-up)."""
     return _start_child(_MRELEASE_CHILD)
 
@@ -477,7 +486,7 @@ def check_mrelease(child: subprocess.Popen[bytes] | None = None) -> CheckResult:
     child = child or start_mrelease_probe()
     fd = -1
     try:
-        if _read_line(child, PROBE_TIMEOUT_S) != b"ready":
+        if child is None or _read_line(child, PROBE_TIMEOUT_S) != b"ready":
             return CheckResult(
                 "process_mrelease",
                 Status.WARN,
@@ -498,7 +507,8 @@ def check_mrelease(child: subprocess.Popen[bytes] | None = None) -> CheckResult:
     finally:
         if fd >= 0:
             pidfd.close_quietly(fd)
-        _finish_child(child)
+        if child is not None:
+            _finish_child(child)
     facts: dict[str, object] = {
         "result": str(result.status),
         "errno": _errno_name(result.errno) if result.errno else None,
@@ -643,8 +653,8 @@ def _find_child_group(directory: Path) -> Path | None:
 
 
 def check_cgroup_kill(layout: CgroupLayout | None, proc_root: str = "/proc") -> CheckResult:
-    """``cgroup.kill`` exists only in non-root groups, so look at our group, else at one of its
-    children, else (as root) at a probe group made and removed at once."""
+    """``cgroup.kill`` exists only in non-root groups, so look at our group, else (as root) at
+    a probe group made and removed at once, else at an existing child group."""
     remedy = "Use Linux 5.14+ with cgroup2 for one-write group kills (else members are killed)."
     if layout is None or layout.unified is None:
         return CheckResult(
@@ -661,16 +671,18 @@ def check_cgroup_kill(layout: CgroupLayout | None, proc_root: str = "/proc") -> 
     where = "our group"
     target: Path | None = own
     if not (own / "cgroup.kill").exists() and own == Path(layout.unified.mount_point):
-        # The root group never has cgroup.kill: look at a child instead.
-        target = _find_child_group(own)
-        where = "an existing child group"
-        if target is None and os.geteuid() == 0:
+        # The root group never has cgroup.kill. As root, make a probe group of our own (an
+        # existing one may be removed by its owner while we look); else borrow a child.
+        target, where = None, "an existing child group"
+        if os.geteuid() == 0:
             probe_dir = own / f"pressured-doctor-{os.getpid()}"
             try:
                 probe_dir.mkdir()
                 target, where = probe_dir, "a probe group, removed at once"
             except OSError:
                 probe_dir = None
+        if target is None:
+            target = _find_child_group(own)
     try:
         if target is None:
             return CheckResult(
@@ -777,7 +789,7 @@ def check_capabilities(proc_root: str = "/proc") -> CheckResult:
     )
 
 
-def start_mlock_probe() -> subprocess.Popen[bytes]:
+def start_mlock_probe() -> subprocess.Popen[bytes] | None:
     """Start the child that tries ``mlockall`` (early, to overlap its start-up)."""
     return _start_child(_MLOCK_CHILD)
 
@@ -787,10 +799,12 @@ def check_mlockall(child: subprocess.Popen[bytes] | None = None) -> CheckResult:
     own memory stays unlocked; the daemon locks itself so it never stalls in reclaim."""
     remedy = "Grant CAP_IPC_LOCK or raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in the unit)."
     child = child or start_mlock_probe()
-    try:
-        line = _read_line(child, PROBE_TIMEOUT_S)
-    finally:
-        _finish_child(child)
+    line = b""
+    if child is not None:
+        try:
+            line = _read_line(child, PROBE_TIMEOUT_S)
+        finally:
+            _finish_child(child)
     try:
         answers = {int(key): int(value) for key, value in json.loads(line).items()}
     except (ValueError, AttributeError, TypeError):
@@ -906,6 +920,7 @@ def run_doctor(proc_root: str = "/proc") -> DoctorReport:
             _guarded("mlockall", False, lambda: check_mlockall(mlock_child)),
         )
     finally:
-        _finish_child(mlock_child)
-        _finish_child(mrelease_child)
+        for child in (mlock_child, mrelease_child):
+            if child is not None:
+                _finish_child(child)
     return DoctorReport(checks, trigger_probe.windows, time.monotonic() - started)

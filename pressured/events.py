@@ -108,6 +108,8 @@ class KillRecord:
     figures: dict[str, float | int | str] = field(default_factory=dict)
     wall_time: float = field(default_factory=time.time)
     dry_run: bool = False
+    victim_boosted: bool = False
+    """mrelease lost the race (ESRCH) and the victim was reniced / taken out of SCHED_IDLE."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -21,6 +21,7 @@ import structlog
 
 from pressured.actuator import Actuator
 from pressured.config import ScopeSettings
+from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, PressureEvent
 from pressured.guard import Guard
 from pressured.kernel import psi
@@ -75,7 +76,7 @@ class ScopeRunner:
         layout: CgroupLayout | None,
         proc_root: str,
         dry_run: bool,
-        emit_event: Callable[[PressureEvent], Awaitable[None]],
+        emit_event: Callable[[PressureEvent, str | None], Awaitable[None]],
         emit_kill: Callable[[KillRecord], Awaitable[None]],
         recent_kills: Callable[[], tuple[RecentKill, ...]],
     ) -> None:
@@ -317,11 +318,10 @@ class ScopeRunner:
         """Decide and act on one event. Never raises for a policy's or a victim's fault."""
         self.stats.events += 1
         self.stats.last_event_wall = event.wall_time
-        await self._emit_event(event)
         pacing = self.guard.pacing()
+        await self._emit_event(event, pacing)
         if pacing is not None:
             self.stats.deferred += 1
-            log.debug("decision.deferred", scope=self.name, level=event.level, why=pacing)
             return None
         snapshot = await self.take_snapshot(event)
         for problem in snapshot.problems:
@@ -358,6 +358,12 @@ class ScopeRunner:
             record = await self.actuator.execute(
                 victim, snapshot, decision, decided_ns=decided_ns, dry_run=self.dry_run
             )
+        except (OSError, KernelError) as exc:
+            # A cgroup removed mid-kill, an fd refused: this kill failed, the scope goes on.
+            log.error(
+                "victim.kill_failed", scope=self.name, victim=victim.describe(), error=repr(exc)
+            )
+            return None
         finally:
             self.guard.kill_finished()
         self.stats.kills += 1

@@ -113,11 +113,13 @@ class Snapshot:
 
     @property
     def candidates(self) -> tuple[ProcessRecord, ...]:
-        """User processes other than ourselves: what a process policy normally ranks."""
+        """User processes other than ourselves, zombies and protected ones: what a process
+        policy ranks."""
         return tuple(
             p
             for p in self.processes
             if not p.is_kernel_thread
+            and p.state != "Z"  # a zombie's memory is already gone: killing it frees nothing
             and p.pid not in (1, self.self_pid)
             and p.pid not in self.protected
         )

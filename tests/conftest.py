@@ -12,7 +12,7 @@ import pytest
 from pressured.testing.scratch import ScratchGroup, make_thrash_file, scratch_unavailable_reason
 
 LOOPS = ["asyncio", "uvloop"]
-THRASH_FILE = "/var/tmp/pressured-test-thrash.bin"
+THRASH_FILE = f"/var/tmp/pressured-test-thrash-{os.getpid()}.bin"
 THRASH_FILE_BYTES = 512 << 20
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol
@@ -32,7 +33,16 @@ class _Subcommand(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, _Subcommand]]:
+def _load(module_name: str) -> _Subcommand:
+    module: _Subcommand = importlib.import_module(module_name)
+    return module
+
+
+def build_parser(
+    chosen: str | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, _Subcommand]]:
+    """The parser with every subcommand listed; only ``chosen`` (if any) is imported, so one
+    subcommand's heavy or broken imports never slow down or break another."""
     parser = argparse.ArgumentParser(
         prog="pressured",
         description="Event-driven memory-pressure controller: PSI triggers, pidfd kills and "
@@ -43,25 +53,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, _Subcommand]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, _Subcommand] = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module: _Subcommand = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # subcommand not built yet
         subparser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(subparser)
-        modules[name] = module
+        if name == chosen:
+            modules[name] = _load(module_name)
+            modules[name].add_arguments(subparser)
     return parser, modules
 
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    for word in argv:
+        if word in SUBCOMMANDS:
+            return word
+        if not word.startswith("-"):
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser, modules = build_parser(_chosen(words))
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()
         return 2
-    return modules[args.command].run(args)
+    try:
+        return modules[args.command].run(args)
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

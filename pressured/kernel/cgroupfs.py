@@ -75,11 +75,32 @@ def _join(mount: Mount, path: str) -> Path:
     return Path(mount.mount_point) / relative.lstrip("/")
 
 
+_OCTAL_DIGITS = frozenset("01234567")
+
+# Superblock options of a v1 cgroup mount that are flags, not controllers (the kernel's
+# cgroup1_parse_param). ``name=...`` and ``release_agent=...`` are skipped by their "=".
+_V1_NON_CONTROLLER_OPTIONS = frozenset(
+    {
+        "rw",
+        "ro",
+        "none",
+        "all",
+        "noprefix",
+        "clone_children",
+        "cpuset_v2_mode",
+        "xattr",
+        "favordynmods",
+    }
+)
+
+
 def _unescape(text: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
+    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...). Only exactly
+    # three *octal ASCII* digits form an escape: str.isdigit() also accepts "9", "²" and "٣",
+    # which int(..., 8) rejects with a ValueError; anything else is kept as written.
     out, i = [], 0
     while i < len(text):
-        if text[i] == "\\" and i + 3 < len(text) and text[i + 1 : i + 4].isdigit():
+        if text[i] == "\\" and i + 3 < len(text) and set(text[i + 1 : i + 4]) <= _OCTAL_DIGITS:
             out.append(chr(int(text[i + 1 : i + 4], 8)))
             i += 4
         else:
@@ -114,7 +135,7 @@ def parse_mountinfo(text: str, source: str = "mountinfo") -> CgroupLayout:
             unified = unified or mount
         else:
             for option in mount.options:
-                if option in ("rw", "ro") or "=" in option:
+                if option in _V1_NON_CONTROLLER_OPTIONS or "=" in option:
                     continue
                 v1.setdefault(option, mount)
     if unified is not None and v1.get("memory") is None:

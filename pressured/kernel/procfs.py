@@ -8,6 +8,7 @@ skipped and reported in :attr:`ScanResult.problems`, so the caller can log one l
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -142,21 +143,24 @@ class StatusFields:
     swap_bytes: int
 
 
+def _status_number(line: bytes, what: str, source: str) -> int:
+    fields = line.split()
+    # isdigit() on bytes is ASCII-only; int() still refuses absurdly long numbers (Python's
+    # 4300-digit limit) with a bare ValueError, which must not escape a parser.
+    if len(fields) < 2 or not fields[1].isdigit() or len(fields[1]) > 20:
+        raise ParseError(source, f"malformed {what} line")
+    return int(fields[1])
+
+
 def parse_status(data: bytes, source: str = "<status>") -> StatusFields:
     """Take the real uid and VmSwap out of ``/proc/<pid>/status``."""
     uid: int | None = None
     swap_kib = 0
     for line in data.split(b"\n"):
         if line.startswith(b"Uid:"):
-            fields = line.split()
-            if len(fields) < 2 or not fields[1].isdigit():
-                raise ParseError(source, "malformed Uid line")
-            uid = int(fields[1])
+            uid = _status_number(line, "Uid", source)
         elif line.startswith(b"VmSwap:"):
-            fields = line.split()
-            if len(fields) < 2 or not fields[1].isdigit():
-                raise ParseError(source, "malformed VmSwap line")
-            swap_kib = int(fields[1])
+            swap_kib = _status_number(line, "VmSwap", source)
     if uid is None:
         raise ParseError(source, "no Uid line")
     return StatusFields(uid=uid, swap_bytes=swap_kib * 1024)
@@ -180,9 +184,15 @@ def parse_cgroup_v1(data: bytes, controller: str) -> str | None:
 
 
 def format_cmdline(data: bytes, limit: int) -> tuple[str, bool]:
-    """Arguments joined by spaces, control characters replaced, at most ``limit`` characters."""
-    truncated = len(data) > limit
-    text = data[:limit].rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    """Arguments joined by spaces, control characters replaced, at most ``limit`` characters.
+
+    ``data`` is what was read from ``/proc/<pid>/cmdline`` with a budget of ``limit + 2`` bytes:
+    the kernel ends the last argument with a NUL, which is not part of the command line, so a
+    command line of exactly ``limit`` bytes arrives as ``limit + 1`` and is *not* truncated.
+    """
+    body = data[:-1] if data.endswith(b"\0") else data
+    truncated = len(body) > limit
+    text = body[:limit].rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
     return cleaned, truncated
 
@@ -222,7 +232,7 @@ def read_process(
             is_kernel_thread=True,
         )
     status = parse_status(_read(f"{base}/status"), f"{base}/status")
-    cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 1), cmdline_limit)
+    cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 2), cmdline_limit)
     return ProcessRecord(
         pid=pid,
         ppid=stat.ppid,
@@ -276,7 +286,7 @@ def scan_processes(
             problems.append(ScanProblem(pid, str(exc)))
         except OSError as exc:
             # EACCES on hardened /proc (hidepid) or ESRCH mid-read: the process is out of reach.
-            if exc.errno in (3,):  # ESRCH
+            if exc.errno == errno.ESRCH:
                 vanished += 1
             else:
                 problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
