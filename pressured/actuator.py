@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +31,9 @@ from pressured.snapshot import Snapshot
 
 log = structlog.get_logger("pressured.actuator")
 T = TypeVar("T")
+
+PreKillHook = Callable[[Mapping[str, str]], Awaitable[None]]
+"""Called with the victim's facts before the signal; bounded by its own time limits."""
 
 
 async def wait_exited(pidfd: int, timeout_s: float) -> int | None:
@@ -92,7 +95,9 @@ class Actuator:
         *,
         layout: CgroupLayout | None,
         proc_root: str = "/proc",
+        pre_kill: PreKillHook | None = None,
     ) -> None:
+        self.pre_kill = pre_kill
         self.reaper = reaper
         self.settings = settings
         self.layout = layout
@@ -161,6 +166,26 @@ class Actuator:
             victim_boosted=boosted,
         )
 
+    async def _run_pre_kill(self, victim: Victim, ctx: _Context, comm: str, rss: int) -> None:
+        if self.pre_kill is None:
+            return
+        facts = {
+            "kind": str(victim.kind),
+            "pid": str(victim.pid or ""),
+            "comm": comm,
+            "cgroup": victim.cgroup or "",
+            "policy": ctx.decision.policy,
+            "reason": victim.reason,
+            "scope": ctx.event.scope,
+            "level": ctx.event.level,
+            "rss_before_bytes": str(rss),
+            "dry_run": "1" if ctx.dry_run else "0",
+        }
+        try:
+            await self.pre_kill(facts)
+        except Exception as exc:  # hooks report their own failures; never block a kill
+            log.warning("hook.pre_kill_error", error=repr(exc))
+
     async def _reap(self, job: Callable[[], Awaitable[T]]) -> T | None:
         """Run a reaper job; if the thread is stuck, dead or jammed, replace it and retry once.
         None when the retry failed too (the caller records a failed kill).
@@ -209,6 +234,7 @@ class Actuator:
                 return self._record(
                     ctx, victim, result, pid=victim.pid, comm=comm, rss=rss, sig="none"
                 )
+            await self._run_pre_kill(victim, ctx, comm, rss)
             if ctx.dry_run:
                 return self._record(
                     ctx, victim, KillResult.DRY_RUN, pid=victim.pid, comm=comm, rss=rss, sig="none"
@@ -316,6 +342,7 @@ class Actuator:
                     sig="none",
                     members=0,
                 )
+            await self._run_pre_kill(victim, ctx, "", rss)
             if ctx.dry_run:
                 return self._record(
                     ctx,

@@ -211,7 +211,8 @@ class KillSettings(_Model):
         default=10_000, gt=0, description="How long to wait for the victim's exit."
     )
     reaper_timeout_ms: float = Field(
-        default=10_000, gt=0,
+        default=10_000,
+        gt=0,
         description="A kill job the reaper thread has not finished by then means the thread "
         "is stuck or dead: it is replaced and the kill retried on the new thread.",
     )

@@ -13,13 +13,13 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from pressured.actuator import Actuator
+from pressured.actuator import Actuator, PreKillHook
 from pressured.config import Settings
 from pressured.errors import ConfigError, PressuredError
 from pressured.events import KillRecord, KillResult, PressureEvent
@@ -27,12 +27,16 @@ from pressured.guard import Guard
 from pressured.kernel import cgroupfs, psi
 from pressured.kernel.cgroupfs import CgroupLayout
 from pressured.monitors.psi import ArmedTrigger
+from pressured.ops import Sink
 from pressured.policies.chain import PolicyChain
 from pressured.reaper import Reaper, ThreadInfo
 from pressured.scope import ScopeRunner
 from pressured.selfprotect import lock_memory, protect_from_oom
 from pressured.snapshot import RecentKill
 from pressured.watchdog import Watchdog, watched_scope
+
+if TYPE_CHECKING:
+    from pressured.ops.metrics import Metrics
 
 log = structlog.get_logger("pressured.controller")
 
@@ -41,16 +45,6 @@ SUBSCRIBER_QUEUE = 256
 SINK_TIMEOUT_S = 2.0
 
 ControllerEvent = PressureEvent | KillRecord
-
-
-class Sink(Protocol):
-    """**Protocol:** receives every pressure event and kill record (metrics, journal, hooks)."""
-
-    async def on_pressure(self, event: PressureEvent) -> None: ...
-
-    async def on_kill(self, record: KillRecord) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class Controller:
@@ -65,12 +59,20 @@ class Controller:
         protect_self: bool = False,
         sinks: Sequence[Sink] = (),
         reaper: Reaper | None = None,
+        metrics: Metrics | None = None,
+        pre_kill: PreKillHook | None = None,
+        after_reload: Callable[[], Awaitable[None]] | None = None,
+        on_stop: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._reload_source = reload
         self._handle_signals = handle_signals
         self._protect_self = protect_self
         self._sinks = list(sinks)
+        self.metrics = metrics
+        self._pre_kill = pre_kill
+        self._after_reload = after_reload
+        self._on_stop = on_stop
         self._own_reaper = reaper is None
         self.reaper = reaper or self._make_reaper(self.settings)
         self.layout: CgroupLayout | None = None
@@ -110,7 +112,11 @@ class Controller:
             self_cgroup = cgroupfs.own_cgroup("self", settings.daemon.proc_root)
         guard = Guard(settings.guard, self_cgroup=self_cgroup)
         actuator = Actuator(
-            self.reaper, settings.kill, layout=self.layout, proc_root=settings.daemon.proc_root
+            self.reaper,
+            settings.kill,
+            layout=self.layout,
+            proc_root=settings.daemon.proc_root,
+            pre_kill=self._pre_kill,
         )
         runners = []
         for index, scope in enumerate(settings.scopes):
@@ -135,6 +141,7 @@ class Controller:
                     emit_event=self._publish_event,
                     emit_kill=self._publish_kill,
                     recent_kills=self._recent_kills,
+                    metrics=self.metrics,
                 )
             )
         return runners
@@ -297,6 +304,8 @@ class Controller:
             return
         main, self._main = self._main, None
         log.info("controller.stopping")
+        if self._on_stop is not None:
+            self._on_stop()
         # 1. Disarm triggers (and the watchdog's): no new events from the kernel.
         for runner in self.scopes:
             runner.disarm()
@@ -402,6 +411,8 @@ class Controller:
         if self._tg is not None:
             self._start_scope_tasks(self._tg)
         log.info("config.reloaded", scopes=[runner.name for runner in runners])
+        if self._after_reload is not None:
+            await self._after_reload()
         return True
 
     # -- events out -----------------------------------------------------------------------

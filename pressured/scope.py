@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -30,6 +31,9 @@ from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.snapshot import RecentKill, Snapshot, take_snapshot
+
+if TYPE_CHECKING:
+    from pressured.ops.metrics import Metrics
 
 log = structlog.get_logger("pressured.scope")
 
@@ -79,7 +83,9 @@ class ScopeRunner:
         emit_event: Callable[[PressureEvent, str | None], Awaitable[None]],
         emit_kill: Callable[[KillRecord], Awaitable[None]],
         recent_kills: Callable[[], tuple[RecentKill, ...]],
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.index = index
         self.settings = settings
         self.name = settings.cgroup or SYSTEM_SCOPE
@@ -331,6 +337,15 @@ class ScopeRunner:
         self._last_result = result
         self.stats.decisions += 1
         decision = result.decision
+        if self.metrics is not None:
+            failed = {failure.policy: failure.kind for failure in result.failures}
+            for policy, duration in result.durations_s.items():
+                self.metrics.observe_policy(policy, duration, failed.get(policy))
+            self.metrics.observe_decision(
+                self.name,
+                (decided_ns - event.monotonic_ns) / 1e9,
+                "kill" if decision.acts else "no_action",
+            )
         if not decision.acts:
             log.info(
                 "policy.no_action",

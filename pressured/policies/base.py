@@ -102,7 +102,11 @@ class Policy(Protocol):
     """
 
     name: ClassVar[str]
-    Options: ClassVar[type[BaseModel]]
+
+    # Read-only in the Protocol, so a subclass's ``Options = MyOptions`` (a narrower model
+    # class) still satisfies it under mypy; the registry checks it on the class at load time.
+    @property
+    def Options(self) -> type[BaseModel]: ...
 
     async def __call__(self, snapshot: Snapshot) -> Decision: ...
 

@@ -1,19 +1,36 @@
 """A scope's policy chain: ask each policy in turn; the first that returns acceptable victims
-wins. Each call is time-limited; a policy that raises, hangs or returns garbage is logged,
-counted and skipped, and after repeated failures disabled. The chain never raises to the
-controller for a policy's fault.
+wins.
+
+Each call is time-limited. A policy that raises, hangs or returns garbage is logged
+(``policy.failed``), counted and skipped, and the next policy decides; after
+``disable_after`` consecutive failures it is disabled (``policy.disabled``, logged at critical
+level) until the chain is rebuilt by a reload. Every victim a policy returns goes through the
+guard callback; refused ones are logged (``policy.victim_rejected``) and the next policy is
+asked when none is left. The chain never raises to the controller for a policy's fault.
+
+A policy runs in its own task so that even one that swallows cancellation cannot hold the
+chain past its time limit: on timeout the task is cancelled and abandoned (kept referenced
+until it ends). Synchronous blocking inside a policy cannot be interrupted by asyncio; the
+controller's watchdog is the answer to that.
+
+:meth:`PolicyChain.stats` gives per-policy counters (calls, failures by kind, disabled, last
+duration) for metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
 
 import structlog
 
 from pressured.config import PolicySettings
+from pressured.events import VictimKind
 from pressured.policies.base import Decision, Policy, Victim
 from pressured.policies.registry import PolicySource, instantiate
 from pressured.snapshot import Snapshot
@@ -26,16 +43,36 @@ VictimCheck = Callable[[Victim, Snapshot], "str | None"]
 """The guard: returns why a victim must be rejected, or None."""
 
 
+class FailureKind(StrEnum):
+    RAISED = "raised"
+    """The policy raised an exception."""
+    TIMEOUT = "timeout"
+    """No answer within the policy's time limit."""
+    INVALID = "invalid"
+    """It answered with something that is not a well-formed :class:`Decision`."""
+
+
 @dataclass
 class ChainLink:
+    """One policy in a chain, with its mutable counters."""
+
     policy: Policy
     source: PolicySource
     timeout_s: float
     consecutive_failures: int = 0
     failures: int = 0
+    failures_by_kind: dict[FailureKind, int] = field(
+        default_factory=lambda: dict.fromkeys(FailureKind, 0)
+    )
     calls: int = 0
+    decisions: int = 0
+    """Well-formed decisions returned (acting or not)."""
+    wins: int = 0
+    """Decisions whose victims (some of them) passed the guard: the chain's answer."""
+    rejected_victims: int = 0
     disabled: bool = False
     last_duration_s: float = 0.0
+    total_duration_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -43,10 +80,32 @@ class ChainLink:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyStats:
+    """A read-only copy of one link's counters, for metrics and ``status``."""
+
+    policy: str
+    origin: str
+    calls: int
+    decisions: int
+    wins: int
+    failures: Mapping[str, int]
+    """Failures by kind: ``raised``, ``timeout``, ``invalid``."""
+    consecutive_failures: int
+    rejected_victims: int
+    disabled: bool
+    last_duration_s: float
+    total_duration_s: float
+
+    @property
+    def failures_total(self) -> int:
+        return sum(self.failures.values())
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyFailure:
     policy: str
     kind: str
-    """``raised``, ``timeout`` or ``invalid``."""
+    """``raised``, ``timeout`` or ``invalid`` (a :class:`FailureKind`)."""
     detail: str
 
 
@@ -60,92 +119,220 @@ class ChainResult:
     durations_s: dict[str, float] = field(default_factory=dict)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def malformed(decision: object) -> str | None:
+    """Why ``decision`` is not a well-formed :class:`Decision`, or None when it is.
+
+    Checked in the chain because plugins are not type-checked: a victim with a pid given as a
+    string, a cgroup victim without a path or a list instead of a tuple must count as the
+    policy's failure, not reach the guard or the actuator.
+    """
+    if not isinstance(decision, Decision):
+        return f"returned {type(decision).__name__}, not a Decision"
+    if not isinstance(decision.victims, tuple):
+        return f"Decision.victims is a {type(decision.victims).__name__}, not a tuple"
+    if not isinstance(decision.reason, str):
+        return "Decision.reason is not a string"
+    for index, victim in enumerate(decision.victims):
+        where = f"victim {index}"
+        if not isinstance(victim, Victim):
+            return f"{where} is a {type(victim).__name__}, not a Victim"
+        if not isinstance(victim.kind, VictimKind):
+            return f"{where}: kind {victim.kind!r} is not a VictimKind"
+        if victim.kind is VictimKind.PROCESS:
+            if not _is_int(victim.pid) or victim.pid is None or victim.pid <= 0:
+                return f"{where}: process victim with pid {victim.pid!r}"
+            if victim.start_time is not None and not _is_int(victim.start_time):
+                return f"{where}: start_time {victim.start_time!r} is not an int"
+        elif not isinstance(victim.cgroup, str) or not victim.cgroup:
+            return f"{where}: cgroup victim with cgroup {victim.cgroup!r}"
+    return None
+
+
+async def _invoke(policy: Policy, snapshot: Snapshot) -> Any:
+    # Awaited inside a task: a policy whose __call__ is not a coroutine raises TypeError here,
+    # which counts as 'raised' like any other fault.
+    return await policy(snapshot)
+
+
 class PolicyChain:
-    def __init__(self, links: Sequence[ChainLink], *, disable_after: int = DISABLE_AFTER_FAILURES):
+    """Policies asked in order; the first acceptable answer wins."""
+
+    def __init__(
+        self, links: Sequence[ChainLink], *, disable_after: int = DISABLE_AFTER_FAILURES
+    ) -> None:
         self.links = list(links)
         self.disable_after = disable_after
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    def from_settings(cls, policies: Sequence[PolicySettings], field_prefix: str) -> PolicyChain:
+    def from_settings(
+        cls,
+        policies: Sequence[PolicySettings],
+        field_prefix: str,
+        *,
+        disable_after: int = DISABLE_AFTER_FAILURES,
+    ) -> PolicyChain:
         """Load every policy now; ConfigError names ``<prefix>.<index>...`` on failure."""
         links = []
         for index, item in enumerate(policies):
             policy, source = instantiate(item.name, item.options, f"{field_prefix}.{index}")
             links.append(ChainLink(policy, source, item.timeout_ms / 1000))
-        return cls(links)
+        return cls(links, disable_after=disable_after)
 
-    def _fail(self, link: ChainLink, kind: str, detail: str) -> PolicyFailure:
+    def stats(self) -> tuple[PolicyStats, ...]:
+        """A copy of every link's counters, in chain order."""
+        return tuple(
+            PolicyStats(
+                policy=link.name,
+                origin=link.source.origin,
+                calls=link.calls,
+                decisions=link.decisions,
+                wins=link.wins,
+                failures=MappingProxyType({str(k): v for k, v in link.failures_by_kind.items()}),
+                consecutive_failures=link.consecutive_failures,
+                rejected_victims=link.rejected_victims,
+                disabled=link.disabled,
+                last_duration_s=link.last_duration_s,
+                total_duration_s=link.total_duration_s,
+            )
+            for link in self.links
+        )
+
+    def _fail(self, link: ChainLink, kind: FailureKind, detail: str, scope: str) -> PolicyFailure:
         link.failures += 1
+        link.failures_by_kind[kind] += 1
         link.consecutive_failures += 1
         log.error(
             "policy.failed",
             policy=link.name,
-            failure=kind,
+            origin=link.source.origin,
+            scope=scope,
+            failure=str(kind),
             detail=detail,
             consecutive=link.consecutive_failures,
         )
-        if link.consecutive_failures >= self.disable_after:
+        if link.consecutive_failures >= self.disable_after and not link.disabled:
             link.disabled = True
             log.critical(
                 "policy.disabled",
                 policy=link.name,
+                origin=link.source.origin,
+                scope=scope,
                 after_failures=link.consecutive_failures,
-                detail="skipped from now on; fix it and reload",
+                detail="POLICY DISABLED: skipped from now on; fix it and reload the configuration",
             )
-        return PolicyFailure(link.name, kind, detail)
+        return PolicyFailure(link.name, str(kind), detail)
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)
+
+        def _done(finished: asyncio.Task[Any]) -> None:
+            self._abandoned.discard(finished)
+            if not finished.cancelled():
+                finished.exception()  # retrieved: no "exception was never retrieved" noise
+
+        task.add_done_callback(_done)
+
+    async def _ask(
+        self, link: ChainLink, snapshot: Snapshot
+    ) -> tuple[Decision | None, PolicyFailure | None]:
+        """Call one policy under its time limit; return its decision or its failure."""
+        link.calls += 1
+        started = time.perf_counter()
+        task = asyncio.create_task(_invoke(link.policy, snapshot), name=f"policy:{link.name}")
+        try:
+            done, _pending = await asyncio.wait({task}, timeout=link.timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            link.last_duration_s = time.perf_counter() - started
+            link.total_duration_s += link.last_duration_s
+        if not done:
+            self._abandon(task)
+            detail = f"no answer in {link.timeout_s:g} s"
+            return None, self._fail(link, FailureKind.TIMEOUT, detail, snapshot.scope)
+        if task.cancelled():
+            detail = "cancelled itself"
+            return None, self._fail(link, FailureKind.RAISED, detail, snapshot.scope)
+        exc = task.exception()
+        if exc is not None:
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            return None, self._fail(link, FailureKind.RAISED, detail, snapshot.scope)
+        decision = task.result()
+        problem = malformed(decision)
+        if problem is not None:
+            return None, self._fail(link, FailureKind.INVALID, problem, snapshot.scope)
+        link.consecutive_failures = 0
+        link.decisions += 1
+        return decision, None
+
+    def _screen(
+        self,
+        link: ChainLink,
+        decision: Decision,
+        snapshot: Snapshot,
+        check: VictimCheck | None,
+        rejected: list[tuple[str, Victim, str]],
+    ) -> list[Victim]:
+        """The victims the guard accepts; log and record the others."""
+        accepted = []
+        for victim in decision.victims:
+            try:
+                why = check(victim, snapshot) if check else None
+            except Exception as exc:
+                # Refuse rather than kill on a guard that could not decide.
+                why = f"guard check failed: {type(exc).__name__}: {exc}"
+            if why is None:
+                accepted.append(victim)
+                continue
+            link.rejected_victims += 1
+            rejected.append((link.name, victim, why))
+            log.warning(
+                "policy.victim_rejected",
+                policy=link.name,
+                scope=snapshot.scope,
+                victim=victim.describe(),
+                why=why,
+            )
+        return accepted
 
     async def decide(self, snapshot: Snapshot, check: VictimCheck | None = None) -> ChainResult:
+        """Ask each enabled policy in order; return the first decision with accepted victims."""
         failures: list[PolicyFailure] = []
         rejected: list[tuple[str, Victim, str]] = []
         durations: dict[str, float] = {}
-        last_reason = "no policy enabled"
+        reasons: list[str] = []
         for link in self.links:
             if link.disabled:
                 continue
-            link.calls += 1
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(link.timeout_s):
-                    decision = await link.policy(snapshot)
-            except TimeoutError:
-                failures.append(self._fail(link, "timeout", f"no answer in {link.timeout_s:g} s"))
+            decision, failure = await self._ask(link, snapshot)
+            durations[link.name] = link.last_duration_s
+            if failure is not None:
+                failures.append(failure)
                 continue
-            except Exception as exc:
-                failures.append(self._fail(link, "raised", repr(exc)[:500]))
-                continue
-            finally:
-                link.last_duration_s = durations[link.name] = time.perf_counter() - started
-            if not isinstance(decision, Decision) or not all(
-                isinstance(victim, Victim) for victim in decision.victims
-            ):
-                failures.append(
-                    self._fail(
-                        link, "invalid", f"returned {type(decision).__name__}, not a Decision"
-                    )
-                )
-                continue
-            link.consecutive_failures = 0
-            accepted = []
-            for victim in decision.victims:
-                why = check(victim, snapshot) if check else None
-                if why is None:
-                    accepted.append(victim)
-                else:
-                    rejected.append((link.name, victim, why))
-                    log.warning(
-                        "policy.victim_rejected",
-                        policy=link.name,
-                        victim=victim.describe(),
-                        why=why,
-                    )
-            last_reason = f"{link.name}: {decision.reason}"
+            assert decision is not None  # noqa: S101 - _ask returns one or the other
+            reasons.append(f"{link.name}: {decision.reason}")
+            accepted = self._screen(link, decision, snapshot, check, rejected)
             if accepted:
+                link.wins += 1
                 chosen = Decision(tuple(accepted), decision.reason, decision.ranking, link.name)
                 return ChainResult(chosen, tuple(failures), tuple(rejected), durations)
-        none = Decision(victims=(), reason=last_reason, policy="")
+        if not any(not link.disabled for link in self.links):
+            reasons.append("every policy is disabled")
+        reason = "; ".join(reasons) or "no policy answered"
+        none = Decision(victims=(), reason=reason, policy="")
         return ChainResult(none, tuple(failures), tuple(rejected), durations)
 
     async def aclose(self) -> None:
+        """Close every policy that has ``aclose`` and cancel abandoned calls."""
+        for task in list(self._abandoned):
+            task.cancel()
         for link in self.links:
             close = getattr(link.policy, "aclose", None)
             if close is None:
