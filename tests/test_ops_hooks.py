@@ -121,13 +121,28 @@ def test_post_kill_program_gets_the_record(run_async: Runner, tmp_path: Path) ->
 
 
 def test_failing_program_is_counted(run_async: Runner) -> None:
-    """A non-zero exit and a missing program are failures, never exceptions."""
-    settings = HooksSettings(
-        post_kill=(program("false"), program("/nonexistent/hook-program")),
-    )
-    runner = HookRunner(settings)
+    """A non-zero exit is a counted failure, never an exception."""
+    runner = HookRunner(HooksSettings(post_kill=(program("false"), program("false"))))
     run_async(runner.post_kill(make_record()))
     assert runner.counts[("post_kill", "failed")] == 2
+
+
+def test_missing_program_is_a_config_error() -> None:
+    """A hook program that does not exist fails at start-up, naming the field."""
+    settings = HooksSettings(post_kill=(program("/nonexistent/hook-program"),))
+    with pytest.raises(ConfigError) as caught:
+        HookRunner(settings)
+    assert caught.value.field == "hooks.post_kill.0.command"
+
+
+def test_program_others_can_write_is_refused(tmp_path: Path) -> None:
+    """A hook program writable by other users would run their code as root: refused."""
+    script = tmp_path / "hook.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by group or others") as caught:
+        HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+    assert caught.value.field == "hooks.pre_kill.0.command"
 
 
 def test_hanging_program_is_cut_off_and_reaped(run_async: Runner, tmp_path: Path) -> None:

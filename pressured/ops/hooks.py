@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -41,6 +42,7 @@ from pressured import __version__
 from pressured.config import HookSettings, HooksSettings
 from pressured.errors import ConfigError
 from pressured.events import KillRecord, PressureEvent
+from pressured.safety import unsafe_reason
 
 __all__ = ["HookObserver", "HookOutcome", "HookRunner", "Stage", "facts_from_record"]
 
@@ -120,6 +122,19 @@ class _Hook:
         return self.settings.timeout_ms / 1000.0
 
 
+def _check_program(program: str, field: str) -> None:
+    """A hook program runs as root: it must exist, and no other user may be able to change it
+    (or a directory above it)."""
+    resolved = program if os.sep in program else shutil.which(program, path=_DEFAULT_PATH)
+    if resolved is None or not os.path.isfile(resolved):
+        raise ConfigError(field, f"program {program!r} not found")
+    if not os.access(resolved, os.X_OK):
+        raise ConfigError(field, f"program {resolved} is not executable")
+    reason = unsafe_reason(resolved)
+    if reason is not None:
+        raise ConfigError(field, f"refusing hook program {resolved}: {reason}")
+
+
 class HookRunner:
     """Runs the configured hooks. Also a :class:`~pressured.ops.Sink` (post-kill on kills).
 
@@ -144,6 +159,7 @@ class HookRunner:
             if hook.url is not None:
                 built.append(_Hook(field, hook, _parse_url(hook.url, f"{field}.url")))
             elif hook.command:
+                _check_program(hook.command[0], f"{field}.command")
                 built.append(_Hook(field, hook, None))
             else:
                 raise ConfigError(field, "a hook needs a command or a url")
