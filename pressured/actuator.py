@@ -159,6 +159,7 @@ class Actuator:
             decision_to_signal_ms=_ms(ctx.decided_ns, signal_ns),
             signal_to_reaped_ms=_ms(signal_ns, reaped_ns),
             signal_to_exit_ms=_ms(signal_ns, exit_ns),
+            trigger=str(event.trigger) if event.trigger else None,
             pressure_some_avg10=pressure.some.avg10 if pressure else None,
             pressure_full_avg10=pressure.full.avg10 if pressure and pressure.full else None,
             figures=dict(victim.figures),

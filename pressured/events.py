@@ -103,6 +103,8 @@ class KillRecord:
     decision_to_signal_ms: float | None = None
     signal_to_reaped_ms: float | None = None
     signal_to_exit_ms: float | None = None
+    trigger: str | None = None
+    """The kernel trigger that fired (e.g. ``memory some 140ms/2000ms``), as evidence."""
     pressure_some_avg10: float | None = None
     pressure_full_avg10: float | None = None
     figures: dict[str, float | int | str] = field(default_factory=dict)
