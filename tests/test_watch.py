@@ -39,8 +39,10 @@ def test_watch_yields_an_event_under_real_pressure(
     event = run_async(first_event())
     assert event.scope == scratch.path
     assert event.source is EventSource.PSI
-    assert event.level == "some"
-    assert event.trigger is not None and event.trigger.window_us % 2_000_000 == 0
+    # In a lone thrasher's group every stall is a full stall too: either level may come first.
+    assert event.level in ("some", "full")
+    assert event.trigger is not None and event.trigger.kind == event.level
+    assert event.trigger.window_us % 2_000_000 == 0
 
 
 @pytest.mark.kernel

@@ -65,6 +65,9 @@ class Decision:
     def kill(
         cls, *victims: Victim, reason: str = "", ranking: tuple[tuple[str, Figure], ...] = ()
     ) -> Decision:
+        """Kill ``victims`` (best first). The reason defaults to the first victim's."""
+        if not victims:
+            raise ValueError("Decision.kill() needs at least one victim; use Decision.no_action()")
         return cls(victims=tuple(victims), reason=reason or victims[0].reason, ranking=ranking)
 
     @classmethod
