@@ -125,6 +125,11 @@ class ScopeSettings(_Model):
     recheck_interval_ms: float = Field(
         default=100, ge=10, description="Re-evaluate this often while an episode lasts."
     )
+    recheck_refaults_per_s: float = Field(
+        default=1000, gt=0,
+        description="During an episode, re-evaluate when the scope refaults at least this many "
+        "pages per second (a thrashing 64 MiB group refaults 100,000+; a quiet one none).",
+    )
     starvation_check_s: float = Field(
         default=10.0,
         description="Every this many seconds compare the scope's cumulative stall with the "
@@ -342,6 +347,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError("<file>", "no such file", source) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("<file>", f"not valid TOML: {exc}", source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"not UTF-8 text (byte {exc.start})", source) from None
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read: {exc.strerror}", source) from None
 

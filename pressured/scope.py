@@ -2,10 +2,12 @@
 
 A pressure event goes: trigger callback -> the scope's small queue -> ``handle`` (snapshot on
 the I/O thread, chain, guard, actuator) -> kill record. After an event the scope stays in an
-*episode* for one trigger window and re-evaluates every ``recheck_interval_ms`` while there is
-evidence of continuing reclaim. That evidence is read from reclaim counters (memcg failcnt /
-``memory.events``, ``/proc/vmstat``), never from the watched group's own pressure file: reading
-it at short intervals would starve its unprivileged triggers (DESIGN.md).
+*episode* for one trigger window and re-evaluates every ``recheck_interval_ms`` while the scope
+keeps thrashing. The evidence is the refault rate (pages evicted and needed again, the main
+source of memory stall: ``workingset_refault_*`` in the group's ``memory.stat`` or in
+``/proc/vmstat``), never the watched group's own pressure file: reading that at short intervals
+would starve its unprivileged triggers (DESIGN.md). A memcg at its limit reclaims page cache
+all the time without anyone stalling, so limit hits and scans are not evidence; refaults are.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import structlog
 from pressured.actuator import Actuator
 from pressured.config import ScopeSettings
 from pressured.errors import KernelError
-from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, PressureEvent
+from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
@@ -52,18 +54,27 @@ class ScopeStats:
     fired: dict[str, int] = field(default_factory=dict)
 
 
-def read_reclaim_counter(cgroup: Cgroup | None, proc_root: str) -> int:
-    """A counter that grows while the scope reclaims: memcg limit hits for a cgroup scope,
-    direct-reclaim scans for the system. Cheap, and does not touch any pressure file."""
+_REFAULT_KEYS = (
+    "workingset_refault_anon",
+    "workingset_refault_file",
+    "workingset_refault",  # kernels before 5.9 had one counter
+)
+
+
+def read_refaults(cgroup: Cgroup | None, proc_root: str) -> int:
+    """Cumulative refaults of the scope (hierarchical for a cgroup). Cheap, and touches no
+    pressure file."""
     if cgroup is not None:
-        events = cgroup.memory_events()
         stat = cgroup.memory_stat()
-        return events.get("max", 0) + events.get("high", 0) + stat.get("pgscan", 0)
+        # v1 memory.stat keeps the hierarchical sums under total_*; v2's are hierarchical.
+        total = sum(stat.get(f"total_{key}", 0) for key in _REFAULT_KEYS)
+        return total or sum(stat.get(key, 0) for key in _REFAULT_KEYS)
     total = 0
     with open(f"{proc_root}/vmstat", encoding="ascii") as handle:
         for line in handle:
-            if line.startswith(("pgscan_direct", "allocstall")):
-                total += int(line.split()[1])
+            key, _, value = line.partition(" ")
+            if key in _REFAULT_KEYS:
+                total += int(value)
     return total
 
 
@@ -109,6 +120,7 @@ class ScopeRunner:
         self.availability: AvailabilityMonitor | None = None
         self.stats = ScopeStats()
         self._episode = 0
+        self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
 
     # -- arming ---------------------------------------------------------------------------
@@ -259,18 +271,18 @@ class ScopeRunner:
     async def _episode_loop(self, first: PressureEvent) -> None:
         event: PressureEvent | None = first
         window_s = self.episode_window_s
+        interval = self.settings.recheck_interval_ms / 1000
         ends = time.monotonic() + window_s
-        baseline = await self._reclaim_counter()
+        baseline = await self._refaults()
         while True:
             if event is not None:
                 ends = time.monotonic() + window_s
                 await self.handle(event)
-                baseline = await self._reclaim_counter()
+                baseline = await self._refaults()
             remaining = ends - time.monotonic()
             if remaining <= 0:
                 log.debug("episode.ended", scope=self.name, episode=self._episode)
                 return
-            interval = self.settings.recheck_interval_ms / 1000
             try:
                 async with asyncio.timeout(min(interval, remaining)):
                     event = await self.queue.get()
@@ -279,26 +291,28 @@ class ScopeRunner:
                 event = None
             if self.guard.pacing() is not None:
                 continue
-            counter = await self._reclaim_counter()
-            if counter is not None and baseline is not None and counter > baseline:
-                event = PressureEvent(
-                    scope=self.name,
-                    level=first.level,
-                    source=EventSource.RECHECK,
-                    trigger=first.trigger,
-                    episode=self._episode,
-                    detail={"reclaim_delta": float(counter - baseline)},
-                )
-            baseline = counter
+            current = await self._refaults()
+            if current is not None and baseline is not None:
+                rate = (current[0] - baseline[0]) / max(1e-3, current[1] - baseline[1])
+                if rate >= self.settings.recheck_refaults_per_s:
+                    event = PressureEvent(
+                        scope=self.name,
+                        level=first.level,
+                        source=EventSource.RECHECK,
+                        trigger=first.trigger,
+                        episode=self._episode,
+                        detail={"refaults_per_s": round(rate, 1)},
+                    )
+            baseline = current
 
-    async def _reclaim_counter(self) -> int | None:
+    async def _refaults(self) -> tuple[int, float] | None:
+        """(cumulative refaults, monotonic time of the reading), or None if unreadable."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self.io, read_reclaim_counter, self.group, self.proc_root
-            )
+            count = await loop.run_in_executor(self.io, read_refaults, self.group, self.proc_root)
         except (OSError, ValueError):
             return None
+        return count, time.monotonic()
 
     async def take_snapshot(self, event: PressureEvent) -> Snapshot:
         loop = asyncio.get_running_loop()
@@ -324,7 +338,7 @@ class ScopeRunner:
         """Decide and act on one event. Never raises for a policy's or a victim's fault."""
         self.stats.events += 1
         self.stats.last_event_wall = event.wall_time
-        pacing = self.guard.pacing()
+        pacing = self.guard.pacing() or self._stale(event)
         await self._emit_event(event, pacing)
         if pacing is not None:
             self.stats.deferred += 1
@@ -382,5 +396,29 @@ class ScopeRunner:
         finally:
             self.guard.kill_finished()
         self.stats.kills += 1
+        if record.result is KillResult.KILLED:
+            self._last_kill_done_ns = time.monotonic_ns()
         await self._emit_kill(record)
         return record
+
+    def _stale(self, event: PressureEvent) -> str | None:
+        """Why a trigger event only reports the stall a kill has already relieved, or None.
+
+        A PSI event at time t reports the stall in [t - window, t]. If the last kill finished
+        inside that window, the stall it saw may be the very one that kill ended: acting on it
+        would take a second, innocent victim. Continuing pressure shows up anyway, in the
+        episode's refault recheck at once or in the trigger's next window.
+        """
+        if event.source is EventSource.STARVATION:
+            window_ns = int(self.settings.starvation_check_s * 1e9)
+        elif event.source is EventSource.PSI and event.trigger is not None:
+            window_ns = event.trigger.window_us * 1000
+        else:
+            return None
+        since_kill = event.monotonic_ns - self._last_kill_done_ns
+        if since_kill < window_ns:
+            return (
+                f"stale: its {window_ns / 1e9:g} s window overlaps the kill that ended "
+                f"{since_kill / 1e9:.2f} s before it"
+            )
+        return None

@@ -14,7 +14,7 @@ import pytest
 
 from pressured.ops.journal import read_journal
 from pressured.testing.scratch import ScratchGroup
-from tests.daemon import Daemon, scope_config, write_config
+from pressured.testing.daemon import Daemon, scope_config, write_config
 
 pytestmark = [pytest.mark.kernel, pytest.mark.pressure]
 

@@ -12,7 +12,7 @@ import pytest
 
 from pressured.kernel.caps import CAP_SYS_RESOURCE, has_capability
 from pressured.testing.scratch import ScratchGroup
-from tests.daemon import Daemon, scope_config, write_config
+from pressured.testing.daemon import Daemon, scope_config, write_config
 
 pytestmark = [
     pytest.mark.kernel,

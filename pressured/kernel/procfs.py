@@ -114,6 +114,12 @@ class StatFields:
     rss_pages: int
 
 
+def _printable(text: str) -> str:
+    # A process names itself (prctl PR_SET_NAME): escape sequences or newlines in a comm must
+    # never reach a terminal or a log line as such.
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def parse_stat(data: bytes, source: str = "<stat>") -> StatFields:
     """Parse ``/proc/<pid>/stat``. Raises :class:`ParseError` when it is malformed."""
     text = data.decode("utf-8", "replace")
@@ -126,7 +132,7 @@ def parse_stat(data: bytes, source: str = "<stat>") -> StatFields:
         raise ParseError(source, f"only {len(words) + 2} fields, need at least 24")
     try:
         return StatFields(
-            comm=text[open_paren + 1 : close_paren],
+            comm=_printable(text[open_paren + 1 : close_paren]),
             state=words[_STAT_STATE],
             ppid=int(words[_STAT_PPID]),
             flags=int(words[_STAT_FLAGS]),
@@ -193,7 +199,7 @@ def format_cmdline(data: bytes, limit: int) -> tuple[str, bool]:
     body = data[:-1] if data.endswith(b"\0") else data
     truncated = len(body) > limit
     text = body[:limit].rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    cleaned = _printable(text)
     return cleaned, truncated
 
 

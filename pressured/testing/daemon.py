@@ -1,10 +1,10 @@
-"""Run ``pressured run`` as a separate process and follow its JSON log lines."""
+"""Run ``pressured run`` as a separate process and follow its JSON log lines (tests, the
+soak run, and anyone checking a configuration end to end)."""
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -29,7 +29,8 @@ class Daemon:
         self.env = {**os.environ, **(env or {})}
         self.lines: list[LogLine] = []
         self.raw: list[str] = []
-        self._queue: queue.Queue[LogLine | None] = queue.Queue()
+        self._changed = threading.Condition()
+        self._ended = False
         self.proc: subprocess.Popen[str] | None = None
         self.stderr = ""
 
@@ -51,53 +52,71 @@ class Daemon:
             self.proc.wait(10)
 
     def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        if self.proc is None or self.proc.stdout is None:
+            return
         for raw in self.proc.stdout:
-            self.raw.append(raw)
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
+            with self._changed:
+                self.raw.append(raw)
+                try:
+                    self.lines.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    continue
+                finally:
+                    self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def mark(self) -> int:
+        """The current end of the log: pass it as ``after`` to wait only for newer lines."""
+        with self._changed:
+            return len(self.lines)
 
     def wait_for(
-        self, event: str, timeout_s: float = 30.0, where: Callable[[LogLine], bool] | None = None
+        self,
+        event: str,
+        timeout_s: float = 30.0,
+        where: Callable[[LogLine], bool] | None = None,
+        *,
+        after: int = 0,
     ) -> LogLine:
-        """The first log line (seen so far or arriving) with this event name and predicate."""
-        for seen in list(self.lines):
-            if seen.get("event") == event and (where is None or where(seen)):
-                return seen
+        """The first log line at index ``after`` or later (already seen or still to come) with
+        this event name and predicate."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no {event!r} within {timeout_s} s; log: {self.raw[-20:]}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise RuntimeError(
-                    f"daemon exited ({self.proc and self.proc.poll()}) before {event!r}; "
-                    f"log: {self.raw[-20:]} stderr: {self.stderr_text()}"
-                )
-            if line.get("event") == event and (where is None or where(line)):
-                return line
+        index = after
+        with self._changed:
+            while True:
+                while index < len(self.lines):
+                    line = self.lines[index]
+                    index += 1
+                    if line.get("event") == event and (where is None or where(line)):
+                        return line
+                if self._ended:
+                    raise RuntimeError(
+                        f"daemon exited ({self.proc and self.proc.poll()}) before {event!r}; "
+                        f"log: {self.raw[-20:]} stderr: {self.stderr_text()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {event!r} within {timeout_s} s; log: {self.raw[-20:]}")
+                self._changed.wait(remaining)
 
     def events(self, name: str) -> list[LogLine]:
         return [line for line in self.lines if line.get("event") == name]
 
+    def _running(self) -> subprocess.Popen[str]:
+        if self.proc is None:
+            raise RuntimeError("the daemon was not started (use 'with Daemon(...)')")
+        return self.proc
+
     def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+        self._running().send_signal(sig)
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM and wait; return the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
+        proc = self._running()
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout_s)
 
     def stderr_text(self) -> str:
         if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
