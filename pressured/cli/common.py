@@ -15,7 +15,9 @@ DEFAULT_CONFIG = "/etc/pressured/pressured.toml"
 EXIT_CONFIG = 2
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, daemon_flags: bool = True) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *, daemon_flags: bool = True, scope_flag: bool = True
+) -> None:
     parser.add_argument(
         "-c",
         "--config",
@@ -23,11 +25,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, daemon_flags: bool 
         help=f"TOML configuration file (default: {DEFAULT_CONFIG} if it exists, else built-in "
         "defaults). Environment PRESSURED_SECTION__KEY=value overrides the file.",
     )
-    parser.add_argument(
-        "--cgroup",
-        metavar="PATH",
-        help="watch one cgroup v2 group (e.g. /jobs) instead of the whole system",
-    )
+    if scope_flag:
+        parser.add_argument(
+            "--cgroup",
+            metavar="PATH",
+            help="watch one cgroup v2 group (e.g. /jobs) instead of the whole system",
+        )
     if daemon_flags:
         parser.add_argument(
             "--dry-run", action="store_true", default=None, help="do everything except send signals"
@@ -70,7 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     path = config_path(args)
     if path is not None:
         check_not_world_writable(path, what="configuration file")
-    return load_settings(path, cgroup=args.cgroup, overrides=cli_overrides(args))
+    return load_settings(path, cgroup=getattr(args, "cgroup", None), overrides=cli_overrides(args))
 
 
 def report_config_error(exc: ConfigError | UnsafeFileError) -> int:

@@ -28,7 +28,7 @@ _MAX_CELL = {"TARGET": 40, "REASON": 48}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, daemon_flags=False)
+    add_config_arguments(parser, daemon_flags=False, scope_flag=False)
     parser.add_argument(
         "-n", "--lines", type=int, default=20, metavar="N", help="how many kills (default 20)"
     )

@@ -12,7 +12,21 @@ from pressured.errors import ConfigError, PressuredError, UnsafeFileError
 from pressured.logs import configure_logging
 
 
+EPILOG = """\
+examples:
+  pressured run                          watch the whole system on the built-in defaults
+  pressured run --dry-run --cgroup /jobs decide and log, but kill nothing, in /jobs only
+  pressured run -c /etc/pressured/pressured.toml --log-format console
+
+signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces); SIGHUP re-reads the
+configuration file and keeps the running one if the new one is invalid.
+exit codes: 0 stopped cleanly, 1 runtime failure, 2 invalid configuration (nothing armed).
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_config_arguments(parser)
 
 

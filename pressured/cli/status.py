@@ -21,7 +21,7 @@ _MAX_RESPONSE = 4 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, daemon_flags=False)
+    add_config_arguments(parser, daemon_flags=False, scope_flag=False)
     parser.add_argument(
         "--url",
         metavar="URL",
