@@ -32,6 +32,9 @@ def lock_memory() -> MlockOutcome:
         (MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT, "MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT"),
         (MCL_CURRENT | MCL_FUTURE, "MCL_CURRENT|MCL_FUTURE"),
     )
+    # Hand freed start-up heap (import-time garbage) back first: once locked, it would stay
+    # resident for the daemon's whole life.
+    _libc.malloc_trim(0)
     error = None
     for flags, label in attempts:
         if _libc.mlockall(flags) == 0:

@@ -149,7 +149,9 @@ def test_sighup_with_bad_file_keeps_running_config_and_good_file_rearms(
 def test_default_run_arms_adjusted_system_triggers_and_stops_on_sigterm(tmp_path: Path) -> None:
     """No config: system scope, both default levels armed (adjusted when unprivileged)."""
     env = {"PRESSURED_METRICS__PORT": "0", "PRESSURED_DAEMON__MLOCKALL": "false"}
-    with Daemon(None, env=env) as daemon:
+    # Dry-run: a system-wide daemon in a test must never kill the test runner or a neighbour
+    # if earlier tests left stall in the trigger window.
+    with Daemon(None, "--dry-run", env=env) as daemon:
         daemon.wait_for("controller.ready", 20)
         armed = daemon.events("trigger.armed")
         assert {line["pressure_level"] for line in armed} == {"some", "full"}

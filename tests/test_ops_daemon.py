@@ -96,7 +96,8 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     }
     messages: list[str] = []
     try:
-        with Daemon(None, env=env) as daemon:
+        # Dry-run: system-wide scope, and this test must kill nothing on the machine.
+        with Daemon(None, "--dry-run", env=env) as daemon:
             deadline = time.monotonic() + 15
             while not any("WATCHDOG=1" in m for m in messages) and time.monotonic() < deadline:
                 messages.append(sock.recv(4096).decode())
