@@ -73,7 +73,7 @@ def identity_matches(pid: int, start_time: int | None, proc_root: str = "/proc")
         return False
 
 
-def _ms(start_ns: int | None, end_ns: int | None) -> float | None:
+def elapsed_ms(start_ns: int | None, end_ns: int | None) -> float | None:
     if start_ns is None or end_ns is None:
         return None
     return round((end_ns - start_ns) / 1e6, 3)
@@ -155,10 +155,10 @@ class Actuator:
             rss_before_bytes=rss,
             members=members,
             mrelease=mrelease,
-            event_to_decision_ms=_ms(event.monotonic_ns, ctx.decided_ns),
-            decision_to_signal_ms=_ms(ctx.decided_ns, signal_ns),
-            signal_to_reaped_ms=_ms(signal_ns, reaped_ns),
-            signal_to_exit_ms=_ms(signal_ns, exit_ns),
+            event_to_decision_ms=elapsed_ms(event.monotonic_ns, ctx.decided_ns),
+            decision_to_signal_ms=elapsed_ms(ctx.decided_ns, signal_ns),
+            signal_to_reaped_ms=elapsed_ms(signal_ns, reaped_ns),
+            signal_to_exit_ms=elapsed_ms(signal_ns, exit_ns),
             trigger=str(event.trigger) if event.trigger else None,
             pressure_some_avg10=pressure.some.avg10 if pressure else None,
             pressure_full_avg10=pressure.full.avg10 if pressure and pressure.full else None,

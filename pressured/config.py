@@ -126,7 +126,8 @@ class ScopeSettings(_Model):
         default=100, ge=10, description="Re-evaluate this often while an episode lasts."
     )
     recheck_refaults_per_s: float = Field(
-        default=1000, gt=0,
+        default=1000,
+        gt=0,
         description="During an episode, re-evaluate when the scope refaults at least this many "
         "pages per second (a thrashing 64 MiB group refaults 100,000+; a quiet one none).",
     )

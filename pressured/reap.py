@@ -13,13 +13,13 @@ import contextlib
 import os
 import time
 
-from pressured.actuator import wait_exited
+from pressured.actuator import elapsed_ms, wait_exited
 from pressured.errors import KernelError
 from pressured.events import KillRecord, KillResult, VictimKind
 from pressured.kernel import pidfd as pidfd_mod
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, discover_layout
-from pressured.reaper import Reaper
+from pressured.reaper import Reaper, ReapOutcome
 
 
 def pid_of_pidfd(fd: int) -> int:
@@ -29,10 +29,6 @@ def pid_of_pidfd(fd: int) -> int:
             if line.startswith("Pid:"):
                 return int(line.split()[1])
     raise KernelError(f"fd {fd} is not a pidfd")
-
-
-def _ms(start: int | None, end: int | None) -> float | None:
-    return None if start is None or end is None else round((end - start) / 1e6, 3)
 
 
 async def kill_and_reap(
@@ -52,7 +48,7 @@ async def kill_and_reap(
         try:
             fd = pidfd_mod.open_pidfd(pid)
         except ProcessLookupError:
-            return _vanished(pid, reason)
+            return _process_record(pid, "?", reason, KillResult.VANISHED)
     else:
         fd = pidfd
         pid = pid_of_pidfd(fd)
@@ -67,13 +63,28 @@ async def kill_and_reap(
             worker.start()
         outcome = await worker.kill(pid, fd)
         if not outcome.signalled:
-            return _vanished(pid, reason, comm)
+            return _process_record(pid, comm, reason, KillResult.VANISHED)
         exit_ns = await wait_exited(fd, timeout_s)
     finally:
         if temporary:
             worker.close()
         if own_fd:
             pidfd_mod.close_quietly(fd)
+    result = KillResult.KILLED if exit_ns is not None else KillResult.NOT_CONFIRMED
+    return _process_record(pid, comm, reason, result, rss=rss, outcome=outcome, exit_ns=exit_ns)
+
+
+def _process_record(
+    pid: int,
+    comm: str,
+    reason: str,
+    result: KillResult,
+    *,
+    rss: int = 0,
+    outcome: ReapOutcome | None = None,
+    exit_ns: int | None = None,
+) -> KillRecord:
+    """A kill record for a library kill (no policy, scope or level behind it)."""
     return KillRecord(
         kind=VictimKind.PROCESS,
         target=f"pid {pid} ({comm})",
@@ -84,29 +95,12 @@ async def kill_and_reap(
         reason=reason,
         scope="",
         level="",
-        result=KillResult.KILLED if exit_ns is not None else KillResult.NOT_CONFIRMED,
-        signal="SIGKILL",
+        result=result,
+        signal="SIGKILL" if outcome is not None else "none",
         rss_before_bytes=rss,
-        mrelease=outcome.mrelease,
-        signal_to_reaped_ms=outcome.signal_to_reaped_ms,
-        signal_to_exit_ms=_ms(outcome.signal_ns, exit_ns),
-    )
-
-
-def _vanished(pid: int, reason: str, comm: str = "?") -> KillRecord:
-    return KillRecord(
-        kind=VictimKind.PROCESS,
-        target=f"pid {pid} ({comm})",
-        pid=pid,
-        comm=comm,
-        cgroup=None,
-        policy="",
-        reason=reason,
-        scope="",
-        level="",
-        result=KillResult.VANISHED,
-        signal="none",
-        rss_before_bytes=0,
+        mrelease=outcome.mrelease if outcome is not None else None,
+        signal_to_reaped_ms=outcome.signal_to_reaped_ms if outcome is not None else None,
+        signal_to_exit_ms=elapsed_ms(outcome.signal_ns, exit_ns) if outcome else None,
     )
 
 
@@ -162,7 +156,7 @@ async def kill_and_reap_cgroup(
         rss_before_bytes=usage,
         members=len(fds),
         mrelease=first,
-        signal_to_reaped_ms=_ms(outcome.signal_ns, max(reaped)) if reaped else None,
-        signal_to_exit_ms=_ms(outcome.signal_ns, max(done)) if done else None,
+        signal_to_reaped_ms=elapsed_ms(outcome.signal_ns, max(reaped)) if reaped else None,
+        signal_to_exit_ms=elapsed_ms(outcome.signal_ns, max(done)) if done else None,
         wall_time=time.time(),
     )

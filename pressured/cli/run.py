@@ -11,7 +11,6 @@ from pressured.cli.common import add_config_arguments, report_config_error, sett
 from pressured.errors import ConfigError, PressuredError, UnsafeFileError
 from pressured.logs import configure_logging
 
-
 EPILOG = """\
 examples:
   pressured run                          watch the whole system on the built-in defaults
