@@ -179,10 +179,10 @@ def take_snapshot(
     started = time.perf_counter_ns()
     deadline = time.monotonic() + deadline_s
     cgroups: list[CgroupRecord] = []
-    pids: list[int] | None = None
+    members: dict[int, str] | None = None
     if cgroup_path is not None and layout is not None:
         scope_group = Cgroup(layout, cgroup_path, memcg_v1_path)
-        pids = scope_group.all_members()
+        members = scope_group.member_paths()
         cgroups.append(read_cgroup_record(scope_group, with_pressure=read_scope_pressure))
         try:
             children = scope_group.children()
@@ -193,7 +193,13 @@ def take_snapshot(
                 cgroups.append(read_cgroup_record(child))
             except (FileNotFoundError, ParseError):
                 continue  # removed mid-scan, or a malformed file: leave it out
-    scan = procfs.scan_processes(proc_root, pids, cmdline_limit=cmdline_limit, deadline=deadline)
+    scan = procfs.scan_processes(
+        proc_root,
+        None if members is None else list(members),
+        cmdline_limit=cmdline_limit,
+        deadline=deadline,
+        cgroups=members,
+    )
     try:
         memory: SystemMemory | None = SystemMemory.from_meminfo(procfs.read_meminfo(proc_root))
     except OSError:

@@ -251,3 +251,16 @@ def test_kill_on_removed_group_raises_file_not_found() -> None:
     group = cgroupfs.Cgroup(layout, f"/pressured-test-gone-{os.getpid()}")
     with pytest.raises(FileNotFoundError):
         group.kill()
+
+
+@pytest.mark.kernel
+def test_member_paths_maps_every_pid_to_its_own_subgroup(scratch: ScratchGroup) -> None:
+    """One walk gives each member's exact v2 path, the same the kernel reports in /proc."""
+    child = scratch.child("inner")
+    top = scratch.spawn_workload("sleep")
+    inner = scratch.spawn_workload("sleep", group=child)
+    paths = scratch.group.member_paths()
+    assert paths[top.pid] == scratch.path
+    assert paths[inner.pid] == child.path
+    for pid, path in paths.items():
+        assert cgroupfs.own_cgroup(pid) == path

@@ -265,6 +265,23 @@ class Cgroup:
                     continue  # a child removed mid-walk
         return pids
 
+    def member_paths(self) -> dict[int, str]:
+        """PID -> cgroup v2 path for this group and every descendant, from one walk: exact and
+        fresh, and it spares a scan reading ``/proc/<pid>/cgroup`` for each process."""
+        members: dict[int, str] = {}
+        base = self.directory
+        for dirpath, _dirnames, filenames in os.walk(base):
+            if "cgroup.procs" not in filenames:
+                continue
+            relative = os.path.relpath(dirpath, base)
+            path = self.path if relative == "." else f"{self.path.rstrip('/')}/{relative}"
+            try:
+                pids = _parse_pids(_read_text(Path(dirpath) / "cgroup.procs"), dirpath)
+            except FileNotFoundError:
+                continue  # a child removed mid-walk
+            members.update(dict.fromkeys(pids, path))
+        return members
+
     def populated(self) -> bool:
         events = parse_flat_keyed(_read_text(self.file("cgroup.events")), "cgroup.events")
         return bool(events.get("populated", 0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,7 +212,11 @@ def _int_file(path: str, source: str) -> int:
 
 
 def read_process(
-    pid: int, proc_root: str = "/proc", cmdline_limit: int = DEFAULT_CMDLINE_LIMIT
+    pid: int,
+    proc_root: str = "/proc",
+    cmdline_limit: int = DEFAULT_CMDLINE_LIMIT,
+    *,
+    cgroup: str | None = None,
 ) -> ProcessRecord:
     """Read one process. Raises FileNotFoundError/ProcessLookupError if it is gone and
     :class:`ParseError` if a file is malformed."""
@@ -252,7 +256,7 @@ def read_process(
         swap_bytes=status.swap_bytes,
         oom_score=_int_file(f"{base}/oom_score", f"{base}/oom_score"),
         oom_score_adj=_int_file(f"{base}/oom_score_adj", f"{base}/oom_score_adj"),
-        cgroup=parse_cgroup_v2(_read(f"{base}/cgroup")),
+        cgroup=cgroup if cgroup is not None else parse_cgroup_v2(_read(f"{base}/cgroup")),
         is_kernel_thread=False,
     )
 
@@ -267,12 +271,14 @@ def scan_processes(
     *,
     cmdline_limit: int = DEFAULT_CMDLINE_LIMIT,
     deadline: float | None = None,
+    cgroups: Mapping[int, str] | None = None,
 ) -> ScanResult:
     """Scan every process (or just ``pids``) in one call.
 
     ``deadline`` is a :func:`time.monotonic` value; past it the scan stops and reports
-    ``complete=False`` with what it had. Never raises for a process that vanished or a
-    malformed file.
+    ``complete=False`` with what it had. ``cgroups`` (PID -> v2 path, e.g. from
+    :meth:`~pressured.kernel.cgroupfs.Cgroup.member_paths`) saves reading each process's
+    ``cgroup`` file. Never raises for a process that vanished or a malformed file.
     """
     started = time.perf_counter_ns()
     records: list[ProcessRecord] = []
@@ -285,7 +291,8 @@ def scan_processes(
             complete = False
             break
         try:
-            records.append(read_process(pid, proc_root, cmdline_limit))
+            known = cgroups.get(pid) if cgroups is not None else None
+            records.append(read_process(pid, proc_root, cmdline_limit, cgroup=known))
         except (FileNotFoundError, ProcessLookupError):
             vanished += 1
         except ParseError as exc:
