@@ -7,7 +7,7 @@ import contextlib
 import io
 import os
 import string
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,43 @@ from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, PressureEvent
 
+# tmp_path is reused across examples on purpose: each example overwrites its one file.
+FIXTURE_OK = HealthCheck.function_scoped_fixture
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 
-SECTIONS = ["daemon", "scopes", "guard", "kill", "reaper", "metrics", "journal", "hooks",
-            "watchdog", "bogus"]
-KEYS = ["loop", "dry_run", "port", "cgroup", "levels", "threshold_ms", "window_ms", "name",
-        "policies", "options", "cpus", "protect_cmdline", "grace_ms", "x"]
+SECTIONS = [
+    "daemon",
+    "scopes",
+    "guard",
+    "kill",
+    "reaper",
+    "metrics",
+    "journal",
+    "hooks",
+    "watchdog",
+    "bogus",
+]
+KEYS = [
+    "loop",
+    "dry_run",
+    "port",
+    "cgroup",
+    "levels",
+    "threshold_ms",
+    "window_ms",
+    "name",
+    "policies",
+    "options",
+    "cpus",
+    "protect_cmdline",
+    "grace_ms",
+    "x",
+]
 
 scalars = st.one_of(
-    st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(string.printable, max_size=12),
 )
 
@@ -56,7 +84,8 @@ values = st.recursive(
     max_leaves=8,
 )
 documents = st.dictionaries(
-    st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
+    st.sampled_from(SECTIONS),
+    st.dictionaries(st.sampled_from(KEYS), values, max_size=4),
     max_size=4,
 )
 
@@ -68,7 +97,9 @@ def run_check(path: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(document=documents)
 def test_generated_configuration_ends_in_exit_0_or_a_field_error(
     tmp_path: Path, document: dict[str, dict[str, object]]
@@ -88,7 +119,9 @@ def test_generated_configuration_ends_in_exit_0_or_a_field_error(
         assert "Traceback" not in stderr
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.binary(max_size=300))
 def test_binary_garbage_file_is_a_clear_error(tmp_path: Path, data: bytes) -> None:
     """Arbitrary bytes as a configuration file: exit 0 or 2, never a traceback."""
@@ -103,8 +136,14 @@ def test_binary_garbage_file_is_a_clear_error(tmp_path: Path, data: bytes) -> No
 FAKE = 4_190_001
 
 
-def fake_process(root: Path, pid: int, *, stat: str | None = None, cmdline: bytes = b"app\0",
-                 status: str | None = None) -> None:
+def fake_process(
+    root: Path,
+    pid: int,
+    *,
+    stat: str | None = None,
+    cmdline: bytes = b"app\0",
+    status: str | None = None,
+) -> None:
     base = root / str(pid)
     base.mkdir()
     fields = ["S", "1"] + ["0"] * 4 + ["0"] + ["0"] * 12 + ["500"] + ["0", "2560"] + ["0"] * 20
@@ -130,16 +169,19 @@ def test_malformed_proc_entries_are_skipped_with_one_log_line_each(
     fake_process(proc, FAKE, cmdline=b"\x1b[31m" + b"A" * 100_000 + b"\0\xff\xfe\0")
     fake_process(proc, FAKE + 1, stat=f"{FAKE + 1} (broken")
     fake_process(proc, FAKE + 2, status="Name: no uid line\n")
-    settings_ = Settings.model_validate({
-        "daemon": {"mlockall": False, "dry_run": True, "proc_root": str(proc)},
-        "watchdog": {"enabled": False},
-    })
+    settings_ = Settings.model_validate(
+        {
+            "daemon": {"mlockall": False, "dry_run": True, "proc_root": str(proc)},
+            "watchdog": {"enabled": False},
+        }
+    )
 
-    async def go() -> tuple[list[dict[str, Any]], Any]:
+    async def go() -> tuple[list[MutableMapping[str, Any]], Any]:
         with structlog.testing.capture_logs() as logs:
             async with Controller(settings_) as controller:
                 record = await controller.scopes[0].handle(
-                    PressureEvent(scope="system", level="some", source=EventSource.MANUAL))
+                    PressureEvent(scope="system", level="some", source=EventSource.MANUAL)
+                )
         return logs, record
 
     logs, record = run_async(go())

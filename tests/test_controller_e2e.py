@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pressured.kernel import pidfd
-from pressured.testing.scratch import ScratchGroup
 from pressured.testing.daemon import Daemon, scope_config, write_config
+from pressured.testing.scratch import ScratchGroup
 
 pytestmark = [pytest.mark.kernel, pytest.mark.pressure]
 

@@ -20,13 +20,16 @@ pytestmark = [pytest.mark.kernel, pytest.mark.pressure]
 
 
 def settings_for(scratch: ScratchGroup) -> Settings:
-    return Settings.model_validate({
-        "daemon": {"mlockall": False},
-        "watchdog": {"enabled": False},
-        "guard": {"cooldown_ms": 0, "protect_cmdline": ["workloads sleep"]},
-        "scopes": [{"cgroup": scratch.path, "memcg_v1": scratch.memcg_path,
-                    "starvation_check_s": 0}],
-    })
+    return Settings.model_validate(
+        {
+            "daemon": {"mlockall": False},
+            "watchdog": {"enabled": False},
+            "guard": {"cooldown_ms": 0, "protect_cmdline": ["workloads sleep"]},
+            "scopes": [
+                {"cgroup": scratch.path, "memcg_v1": scratch.memcg_path, "starvation_check_s": 0}
+            ],
+        }
+    )
 
 
 async def collect(controller: Controller, until_s: float) -> list[ControllerEvent]:
@@ -54,13 +57,17 @@ def test_thrashing_continues_so_the_episode_rechecks_and_kills_again(
             collecting = asyncio.create_task(collect(controller, 1.8))
             await asyncio.sleep(0)
             controller.scopes[0]._offer(
-                PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL))
+                PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+            )
             return await collecting
 
     items = run_async(go())
     kills = [item for item in items if isinstance(item, KillRecord)]
-    rechecks = [item for item in items if isinstance(item, PressureEvent)
-                and item.source is EventSource.RECHECK]
+    rechecks = [
+        item
+        for item in items
+        if isinstance(item, PressureEvent) and item.source is EventSource.RECHECK
+    ]
     assert {k.pid for k in kills} == {t.pid for t in thrashers}
     assert rechecks and rechecks[0].detail["refaults_per_s"] >= 1000
     assert all(t.wait(10) == -signal.SIGKILL for t in thrashers)
@@ -78,12 +85,12 @@ def test_quiet_group_ends_the_episode_without_another_kill(
             collecting = asyncio.create_task(collect(controller, 2.5))
             await asyncio.sleep(0)
             controller.scopes[0]._offer(
-                PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL))
+                PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+            )
             return await collecting
 
     items = run_async(go())
     kills = [item for item in items if isinstance(item, KillRecord)]
     assert [k.pid for k in kills] == [thrasher.pid]
-    assert not any(isinstance(i, PressureEvent) and i.source is EventSource.RECHECK
-                   for i in items)
+    assert not any(isinstance(i, PressureEvent) and i.source is EventSource.RECHECK for i in items)
     assert idle.poll() is None

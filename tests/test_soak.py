@@ -18,7 +18,10 @@ def test_two_minute_soak(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.soak", "--minutes", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert out.exists(), done.stderr[-2000:]
     report = json.loads(out.read_text())

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pressured.kernel.caps import CAP_SYS_RESOURCE, has_capability
-from pressured.testing.scratch import ScratchGroup
 from pressured.testing.daemon import Daemon, scope_config, write_config
+from pressured.testing.scratch import ScratchGroup
 
 pytestmark = [
     pytest.mark.kernel,
