@@ -136,7 +136,8 @@ class ScopeSettings(_Model):
         description="Every this many seconds compare the scope's cumulative stall with the "
         "trigger events seen; stall growth without events means something reading the "
         "pressure file is starving unprivileged triggers. 0 turns the check off; shorter than "
-        "10 s is refused because the check itself would starve them.",
+        "10 s is refused because the check itself would starve them. Skipped when the daemon "
+        "has CAP_SYS_RESOURCE (privileged triggers cannot be starved).",
     )
 
     @field_validator("starvation_check_s")

@@ -120,6 +120,7 @@ class ScopeRunner:
         self.availability: AvailabilityMonitor | None = None
         self.stats = ScopeStats()
         self._episode = 0
+        self.privileged = False
         self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
 
@@ -131,6 +132,7 @@ class ScopeRunner:
 
     def arm(self, loop: asyncio.AbstractEventLoop, *, privileged: bool) -> tuple[ArmedTrigger, ...]:
         """Open every level's trigger. Raises TriggerError/TriggerSpecError before any is kept."""
+        self.privileged = privileged
         triggers = TriggerSet(loop, self._on_trigger)
         try:
             for level in self.settings.levels:
@@ -198,7 +200,10 @@ class ScopeRunner:
         tasks = []
         if self.availability is not None:
             tasks.append(asyncio.create_task(self.availability.run(), name=f"avail:{self.name}"))
-        if self.settings.starvation_check_s and self.triggers is not None:
+        # Only unprivileged triggers can be starved by readers (privileged ones are checked by
+        # the kernel's real-time poller): with CAP_SYS_RESOURCE the check, and its one wake-up
+        # every starvation_check_s, is skipped.
+        if self.settings.starvation_check_s and self.triggers is not None and not self.privileged:
             tasks.append(asyncio.create_task(self.watch_starvation(), name=f"starve:{self.name}"))
         try:
             while True:
