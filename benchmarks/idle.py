@@ -18,6 +18,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -126,6 +127,9 @@ def _started_plain(code: str) -> subprocess.Popen[bytes]:
     return proc
 
 
+QUIET_LABEL = "pressured run, starvation check off"
+
+
 def run(config: Config, progress: Progress) -> Section:
     from pressured.testing.scratch import ScratchGroup, scratch_unavailable_reason
 
@@ -161,7 +165,15 @@ def run(config: Config, progress: Progress) -> Section:
                 DaemonProcess(["--cgroup", group.path, "--dry-run", "--loop", loop], env=env)
             )
             daemons.append((loop, daemon))
-        for loop, daemon in daemons:
+        # The same daemon without the trigger-starvation check (the one timer an unprivileged
+        # daemon keeps: a pressure-file read every 10 s), to show where the wake-ups come from.
+        quiet_config = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "quiet.toml"
+        quiet_config.write_text("[[scopes]]\nstarvation_check_s = 0\n")
+        quiet_config.chmod(0o600)
+        quiet = stack.enter_context(
+            DaemonProcess(["-c", str(quiet_config), "--cgroup", group.path, "--dry-run"], env=env)
+        )
+        for loop, daemon in [*daemons, ("uvloop", quiet)]:
             if daemon.wait_for("controller.ready", 30) is None:
                 raise RuntimeError(f"the {loop} daemon did not report controller.ready")
         bare = _started_plain(BARE_LOOP)
@@ -173,6 +185,8 @@ def run(config: Config, progress: Progress) -> Section:
             for loop, daemon in daemons
             if daemon.proc is not None
         ]
+        if quiet.proc is not None:
+            watched.append((QUIET_LABEL, "uvloop", quiet.proc.pid))
         watched += [
             ("baseline: bare Python event loop", "uvloop", bare.pid),
             ("baseline: 100 ms polling loop", "time.sleep", poller.pid),
@@ -254,12 +268,20 @@ def reading(results: list[IdleResult]) -> list[str]:
     seconds = ours[0].seconds
     woke = ", ".join(f"{r.wakeups} ({r.loop})" for r in ours)
     rss = ", ".join(f"{r.rss_mib:.1f} MiB ({r.loop})" for r in ours)
+    quiet = next((r for r in results if r.name == QUIET_LABEL), None)
+    quiet_text = (
+        f" With the trigger-starvation check off (`starvation_check_s = 0`, or CAP_SYS_RESOURCE,"
+        f" which makes it unnecessary) the daemon woke {quiet.wakeups} times: the check's one "
+        "pressure-file read every 10 s is the only timer left."
+        if quiet is not None
+        else ""
+    )
     return [
         f"Idle: over {seconds:.0f} s the daemon woke {woke} times and used "
         f"{', '.join(f'{r.cpu_ms:.0f} ms' for r in ours)} of CPU; a 100 ms polling loop woke "
         f"{polling.wakeups} times and used {polling.cpu_ms:.0f} ms. RSS {rss} against "
         f"{bare.rss_mib:.1f} MiB for a bare interpreter with uvloop imported: the rest is "
-        "pressured's imports (pydantic, structlog) and its threads, locked in memory.",
+        "pressured's imports (pydantic, structlog) and its threads, locked in memory." + quiet_text,
     ]
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -174,7 +175,11 @@ class Controller:
         self.privileged = psi.may_use_fast_windows(proc_root)
         # Threads first: creating one under memory pressure is what we must never need to do.
         self._io = ThreadPoolExecutor(settings.daemon.io_threads, thread_name_prefix="pressured-io")
-        for future in [self._io.submit(os.getpid) for _ in range(settings.daemon.io_threads)]:
+        # The pool only starts a thread when none is idle: hold every task at a barrier so
+        # all io_threads exist now, not on the first busy moment.
+        barrier = threading.Barrier(settings.daemon.io_threads)
+        warmers = [self._io.submit(barrier.wait, 10) for _ in range(settings.daemon.io_threads)]
+        for future in warmers:
             future.result()
         try:
             self.scopes = self._build_scopes(settings)
