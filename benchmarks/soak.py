@@ -112,7 +112,8 @@ def soak(minutes: float, workdir: Path) -> dict[str, Any]:
 def run_episodes(
     config: Path, group: ScratchGroup, thrash: str, minutes: float, bystanders: list[Any]
 ) -> dict[str, Any]:
-    relieved = wrong = unrelieved = 0
+    relieved = unrelieved = 0
+    thrashers: set[int] = set()
     reactions: list[float] = []
     exits: list[float] = []
     deadline = time.monotonic() + minutes * 60
@@ -127,6 +128,7 @@ def run_episodes(
             episode += 1
             mark = daemon.mark()
             thrasher = group.spawn_workload("thrash", thrash)
+            thrashers.add(thrasher.pid)
             try:
                 line = daemon.wait_for("victim.killed", EPISODE_TIMEOUT_S, after=mark)
             except TimeoutError:
@@ -136,7 +138,6 @@ def run_episodes(
                 print(f"episode {episode}: not relieved in {EPISODE_TIMEOUT_S:.0f} s", flush=True)
                 continue
             if line["pid"] != thrasher.pid:
-                wrong += 1
                 thrasher.kill()
             else:
                 relieved += 1
@@ -155,6 +156,12 @@ def run_episodes(
             time.sleep(EPISODE_GAP_S)
         end = proc_figures(pid)
         code = daemon.stop(30)
+        # Every kill of the whole run, including any between episodes: each must be a thrasher.
+        wrong_kills = [
+            line["pid"]
+            for line in [*daemon.events("victim.killed"), *daemon.events("watchdog.killed")]
+            if line.get("pid") not in thrashers
+        ]
         other_kills = [
             {"event": line["event"], "pid": line.get("pid"), "comm": line.get("comm")}
             for line in daemon.lines
@@ -162,9 +169,10 @@ def run_episodes(
             and line.get("event") != "victim.killed"
         ]
     return {
-        "episodes": relieved + wrong + unrelieved,
+        "episodes": episode,
         "relieved": relieved,
-        "wrong_victims": wrong + sum(1 for b in bystanders if b.poll() is not None),
+        "wrong_victims": len(wrong_kills),
+        "wrong_victim_pids": wrong_kills,
         "unrelieved": unrelieved,
         "bystanders_alive": all(b.poll() is None for b in bystanders),
         "bystander_returncodes": [b.poll() for b in bystanders],

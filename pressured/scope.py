@@ -411,21 +411,24 @@ class ScopeRunner:
     def _stale(self, event: PressureEvent) -> str | None:
         """Why a trigger event only reports the stall a kill has already relieved, or None.
 
-        A PSI event at time t reports the stall in [t - window, t]. If the last kill finished
-        inside that window, the stall it saw may be the very one that kill ended: acting on it
-        would take a second, innocent victim. Continuing pressure shows up anyway, in the
-        episode's refault recheck at once or in the trigger's next window.
+        A PSI trigger judges its window's stall growth, and the kernel carries a share of the
+        *previous* window's growth into it (``window_update`` in kernel/sched/psi.c), so an
+        event at time t can still count stall from as far back as t - 2 windows. If the last
+        kill finished after that, the stall may be the very one the kill ended, and acting on
+        it would take a second, innocent victim (seen in the soak run: a bystander killed one
+        window after the thrasher). Continuing pressure is not missed: the episode's refault
+        recheck sees it at once, and the trigger fires again once its windows are clean.
         """
         if event.source is EventSource.STARVATION:
-            window_ns = int(self.settings.starvation_check_s * 1e9)
+            stale_ns = int(self.settings.starvation_check_s * 1e9)
         elif event.source is EventSource.PSI and event.trigger is not None:
-            window_ns = event.trigger.window_us * 1000
+            stale_ns = 2 * event.trigger.window_us * 1000
         else:
             return None
         since_kill = event.monotonic_ns - self._last_kill_done_ns
-        if since_kill < window_ns:
+        if since_kill < stale_ns:
             return (
-                f"stale: its {window_ns / 1e9:g} s window overlaps the kill that ended "
-                f"{since_kill / 1e9:.2f} s before it"
+                f"stale: it may count stall from before the kill that ended "
+                f"{since_kill / 1e9:.2f} s earlier (windows reach back {stale_ns / 1e9:g} s)"
             )
         return None

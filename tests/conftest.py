@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from pressured.testing.scratch import ScratchGroup, make_thrash_file, scratch_unavailable_reason
+from pressured.testing.scratch import (
+    ScratchGroup,
+    evict_from_cache,
+    make_thrash_file,
+    scratch_unavailable_reason,
+)
 
 LOOPS = ["asyncio", "uvloop"]
 THRASH_FILE = f"/var/tmp/pressured-test-thrash-{os.getpid()}.bin"
@@ -67,9 +72,17 @@ def scratch() -> Iterator[ScratchGroup]:
 
 
 @pytest.fixture(scope="session")
-def thrash_file() -> Iterator[str]:
-    """A 512 MiB file for page-cache thrash, made once per session and deleted after."""
+def _thrash_file_session() -> Iterator[str]:
     path = make_thrash_file(THRASH_FILE, THRASH_FILE_BYTES)
     yield str(path)
     if os.environ.get("PRESSURED_KEEP_THRASH_FILE") != "1":
         path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def thrash_file(_thrash_file_session: str) -> str:
+    """A 512 MiB file for page-cache thrash, made once per session and deleted after; evicted
+    from the page cache before each test, since pages an earlier test left cached would be
+    found resident and never fault (no stall)."""
+    evict_from_cache(_thrash_file_session)
+    return _thrash_file_session
