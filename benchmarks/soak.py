@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,13 @@ def soak(minutes: float, workdir: Path) -> dict[str, Any]:
                 ).replace("mlockall = false", "mlockall = true")
                 + f'\n[journal]\npath = "{journal}"\n',
             )
-            bystanders = [group.spawn_workload("sleep") for _ in range(2)]
+            # Bystanders are small (coreutils sleep, about 1 MiB): a wrong victim then means
+            # the daemon chose a process that could not be the cause. (Python sleepers of
+            # ~10 MiB can outrank a thrasher that has only just started mapping its file:
+            # the largest-process rule cannot tell them apart at that instant.)
+            bystanders = [
+                group.spawn(["sleep", "infinity"], stdout=subprocess.DEVNULL) for _ in range(2)
+            ]
             report.update(run_episodes(config, group, str(thrash), minutes, bystanders))
             journal.unlink(missing_ok=True)
             config.unlink(missing_ok=True)
@@ -157,10 +164,18 @@ def run_episodes(
         end = proc_figures(pid)
         code = daemon.stop(30)
         # Every kill of the whole run, including any between episodes: each must be a thrasher.
-        wrong_kills = [
-            line["pid"]
+        wrong_lines = [
+            line
             for line in [*daemon.events("victim.killed"), *daemon.events("watchdog.killed")]
             if line.get("pid") not in thrashers
+        ]
+        wrong_kills = [line["pid"] for line in wrong_lines]
+        # The evidence behind each wrong kill: its pressure event and decision lines.
+        wrong_context = [
+            line
+            for line in daemon.lines
+            if line.get("event") in ("pressure.event", "policy.decided", "victim.killed")
+            and any(abs(_ts(line) - _ts(w)) < 1.0 for w in wrong_lines)
         ]
         other_kills = [
             {"event": line["event"], "pid": line.get("pid"), "comm": line.get("comm")}
@@ -173,6 +188,7 @@ def run_episodes(
         "relieved": relieved,
         "wrong_victims": len(wrong_kills),
         "wrong_victim_pids": wrong_kills,
+        "wrong_victim_context": wrong_context,
         "unrelieved": unrelieved,
         "bystanders_alive": all(b.poll() is None for b in bystanders),
         "bystander_returncodes": [b.poll() for b in bystanders],
@@ -183,6 +199,17 @@ def run_episodes(
         "pressure_event_to_signal_ms": summarize(reactions),
         "signal_to_exit_ms": summarize(exits),
     }
+
+
+def _ts(line: dict[str, Any]) -> float:
+    """A log line's time in seconds (ISO timestamp from structlog)."""
+    from datetime import datetime
+
+    stamp = str(line.get("timestamp", ""))
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
