@@ -45,6 +45,18 @@ async def collect(controller: Controller, until_s: float) -> list[ControllerEven
     return items
 
 
+async def one_episode(scratch: ScratchGroup, seconds: float) -> list[ControllerEvent]:
+    """Start an episode with one manual event, as a trigger callback would, and record what
+    the controller streams for ``seconds``."""
+    async with Controller(settings_for(scratch)) as controller:
+        collecting = asyncio.create_task(collect(controller, seconds))
+        await asyncio.sleep(0)
+        controller.scopes[0]._offer(
+            PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+        )
+        return await collecting
+
+
 def test_thrashing_continues_so_the_episode_rechecks_and_kills_again(
     run_async: RunAsync, scratch: ScratchGroup, thrash_file: str
 ) -> None:
@@ -52,16 +64,7 @@ def test_thrashing_continues_so_the_episode_rechecks_and_kills_again(
     other within the same window, with no second trigger event needed."""
     thrashers = [scratch.spawn_workload("thrash", thrash_file) for _ in range(2)]
 
-    async def go() -> list[ControllerEvent]:
-        async with Controller(settings_for(scratch)) as controller:
-            collecting = asyncio.create_task(collect(controller, 1.8))
-            await asyncio.sleep(0)
-            controller.scopes[0]._offer(
-                PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
-            )
-            return await collecting
-
-    items = run_async(go())
+    items: list[ControllerEvent] = run_async(one_episode(scratch, 1.8))
     kills = [item for item in items if isinstance(item, KillRecord)]
     rechecks = [
         item
@@ -80,16 +83,7 @@ def test_quiet_group_ends_the_episode_without_another_kill(
     thrasher = scratch.spawn_workload("thrash", thrash_file)
     idle = scratch.spawn_workload("hog", "4")
 
-    async def go() -> list[ControllerEvent]:
-        async with Controller(settings_for(scratch)) as controller:
-            collecting = asyncio.create_task(collect(controller, 2.5))
-            await asyncio.sleep(0)
-            controller.scopes[0]._offer(
-                PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
-            )
-            return await collecting
-
-    items = run_async(go())
+    items: list[ControllerEvent] = run_async(one_episode(scratch, 2.5))
     kills = [item for item in items if isinstance(item, KillRecord)]
     assert [k.pid for k in kills] == [thrasher.pid]
     assert not any(isinstance(i, PressureEvent) and i.source is EventSource.RECHECK for i in items)
