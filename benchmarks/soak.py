@@ -14,6 +14,7 @@ locked, beside the same figure for a manual event on a quiet group measured in t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import json
 import os
@@ -28,7 +29,7 @@ from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, PressureEvent
 from pressured.testing.daemon import Daemon, scope_config, write_config
-from pressured.testing.scratch import ScratchGroup, make_thrash_file
+from pressured.testing.scratch import ScratchGroup, make_thrash_file, wait_for_ready
 
 EPISODE_TIMEOUT_S = 30.0
 EPISODE_GAP_S = 3.0
@@ -134,8 +135,12 @@ def run_episodes(
         while time.monotonic() < deadline:
             episode += 1
             mark = daemon.mark()
-            thrasher = group.spawn_workload("thrash", thrash)
+            thrasher = group.spawn_workload("thrash", thrash, wait_ready=False)
             thrashers.add(thrasher.pid)
+            with contextlib.suppress(RuntimeError):
+                # The daemon may kill a thrasher before it says ready (pressure left in the
+                # group from the last one): that still counts, by the kill line below.
+                wait_for_ready(thrasher, 30)
             try:
                 line = daemon.wait_for("victim.killed", EPISODE_TIMEOUT_S, after=mark)
             except TimeoutError:
