@@ -14,8 +14,8 @@ locked, beside the same figure for a manual event on a quiet group measured in t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import json
 import os
 import statistics
