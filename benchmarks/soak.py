@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import sigterm_as_interrupt
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, PressureEvent
@@ -110,10 +111,13 @@ def soak(minutes: float, workdir: Path) -> dict[str, Any]:
                 group.spawn(["sleep", "infinity"], stdout=subprocess.DEVNULL) for _ in range(2)
             ]
             report.update(run_episodes(config, group, str(thrash), minutes, bystanders))
-            journal.unlink(missing_ok=True)
-            config.unlink(missing_ok=True)
     finally:
-        thrash.unlink(missing_ok=True)
+        for leftover in (
+            thrash,
+            workdir / f"pressured-soak-{os.getpid()}.jsonl",
+            workdir / f"pressured-soak-{os.getpid()}.toml",
+        ):
+            leftover.unlink(missing_ok=True)
     return report
 
 
@@ -228,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         help="for the thrash file (a disk, not tmpfs)",
     )
     args = parser.parse_args(argv)
-    report = soak(args.minutes, args.workdir)
+    # SIGTERM unwinds like Ctrl-C, so the cgroups, thrash file and processes are removed.
+    with sigterm_as_interrupt():
+        report = soak(args.minutes, args.workdir)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:
