@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,6 @@ import structlog
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.errors import ConfigError
-from pressured.kernel import psi
 from pressured.loops import run_on
 from pressured.ops import Sink
 from pressured.ops.hooks import HookRunner
@@ -26,13 +24,6 @@ from pressured.ops.metrics import Metrics
 from pressured.ops.sdnotify import Notifier, run_watchdog, watchdog_interval
 
 log = structlog.get_logger("pressured.daemon")
-
-
-def _read_scope_pressure(path: str) -> psi.Pressure | None:
-    try:
-        return psi.read_pressure(path)
-    except (OSError, ValueError):
-        return None
 
 
 class Daemon:
@@ -84,9 +75,7 @@ class Daemon:
         for runner in self.controller.scopes:
             armed = runner.triggers.armed if runner.triggers else ()
             self.metrics.set_triggers(runner.name, len(armed))
-            self.metrics.watch_pressure(
-                runner.name, functools.partial(_read_scope_pressure, runner.pressure_path())
-            )
+            self.metrics.watch_pressure(runner.name, runner.read_pressure)
 
     async def _after_reload(self) -> None:
         self.notifier.reloading()

@@ -217,7 +217,7 @@ class ScopeRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _read_pressure(self) -> psi.Pressure | None:
+    def read_pressure(self) -> psi.Pressure | None:
         # Read on the loop thread, on purpose: a pressure file is generated from in-kernel
         # counters (no mmap lock, nothing that waits on reclaim), and skipping the hop to a
         # worker thread makes each idle check one wake-up instead of three.
@@ -232,11 +232,11 @@ class ScopeRunner:
         what a frequent reader of the pressure file does to unprivileged triggers: say so
         loudly, and act on the pressure ourselves."""
         interval = self.settings.starvation_check_s
-        last = self._read_pressure()
+        last = self.read_pressure()
         last_fired = sum(self.stats.fired.values())
         while True:
             await asyncio.sleep(interval)
-            current = self._read_pressure()
+            current = self.read_pressure()
             fired = sum(self.stats.fired.values())
             if current is not None and last is not None and fired == last_fired:
                 for armed in self.triggers.armed if self.triggers else ():

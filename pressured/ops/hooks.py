@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from pressured import __version__
+from pressured.actuator import wait_exited
 from pressured.config import HookSettings, HooksSettings
 from pressured.errors import ConfigError
 from pressured.events import KillRecord, PressureEvent
@@ -297,16 +298,12 @@ class HookRunner:
         self._running.add(process)
         pidfd = os.pidfd_open(process.pid)
         try:
-            async with asyncio.timeout(hook.timeout_s):
-                await _wait_readable(pidfd)
-        except TimeoutError:
-            # Kill the group while the leader is unreaped, so its PID (= the group id) cannot
-            # have been reused by anyone else; then give the SIGKILL a moment to land.
-            _kill_group(process)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_KILL_GRACE_S):
-                    await _wait_readable(pidfd)
-            raise
+            exited = await wait_exited(pidfd, hook.timeout_s)
+            if exited is None:
+                # Kill the group while the leader is unreaped, so its PID (= the group id)
+                # cannot have been reused by anyone else; then give the SIGKILL a moment.
+                _kill_group(process)
+                await wait_exited(pidfd, _KILL_GRACE_S)
         except BaseException:
             _kill_group(process)  # cancelled: no waiting, reaped later
             raise
@@ -315,6 +312,8 @@ class HookRunner:
             # Exited (pidfd readable) means waitpid(WNOHANG) reaps it without blocking.
             if process.poll() is not None:
                 self._running.discard(process)
+        if exited is None:
+            raise TimeoutError(f"hook program ran past {hook.timeout_s:g} s")
         return process.returncode
 
     def _reap_leftovers(self) -> None:
@@ -384,19 +383,3 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         return  # reaped: its PID may belong to someone else now
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-
-
-async def _wait_readable(fd: int) -> None:
-    """Until ``fd`` polls readable (a pidfd does when its process exits)."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def on_ready() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, on_ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
