@@ -129,7 +129,9 @@ _XATTR_PREFER = ("trusted.oomd_prefer", "user.oomd_prefer")
 _XATTR_AVOID = ("trusted.oomd_avoid", "user.oomd_avoid")
 
 
-def read_cgroup_record(group: Cgroup, *, with_pressure: bool = True) -> CgroupRecord:
+def read_cgroup_record(
+    group: Cgroup, *, with_pressure: bool = True, pids: tuple[int, ...] | None = None
+) -> CgroupRecord:
     """Read one group's figures. Missing optional files leave fields empty, never raise."""
     try:
         memory: MemoryFigures | None = group.memory()
@@ -150,7 +152,7 @@ def read_cgroup_record(group: Cgroup, *, with_pressure: bool = True) -> CgroupRe
         path=group.path,
         memory=memory,
         pressure=pressure,
-        pids=tuple(group.all_members()),
+        pids=tuple(group.all_members()) if pids is None else pids,
         reclaim_pages=stat.get("pgscan", stat.get("total_pgpgout", 0)),
         prefer=any(name in xattrs for name in _XATTR_PREFER),
         avoid=any(name in xattrs for name in _XATTR_AVOID),
@@ -183,14 +185,23 @@ def take_snapshot(
     if cgroup_path is not None and layout is not None:
         scope_group = Cgroup(layout, cgroup_path, memcg_v1_path)
         members = scope_group.member_paths()
-        cgroups.append(read_cgroup_record(scope_group, with_pressure=read_scope_pressure))
+        cgroups.append(
+            read_cgroup_record(scope_group, with_pressure=read_scope_pressure, pids=tuple(members))
+        )
         try:
             children = scope_group.children()
         except OSError:
             children = []
         for child in children:
             try:
-                cgroups.append(read_cgroup_record(child))
+                # Its members come from the scope's one walk, not another walk of its own.
+                prefix = child.path.rstrip("/") + "/"
+                child_pids = tuple(
+                    pid
+                    for pid, path in members.items()
+                    if path == child.path or path.startswith(prefix)
+                )
+                cgroups.append(read_cgroup_record(child, pids=child_pids))
             except (FileNotFoundError, ParseError):
                 continue  # removed mid-scan, or a malformed file: leave it out
     scan = procfs.scan_processes(

@@ -256,14 +256,7 @@ class Cgroup:
 
     def all_members(self) -> list[int]:
         """PIDs in this group and every descendant."""
-        pids: list[int] = []
-        for dirpath, _dirnames, filenames in os.walk(self.directory):
-            if "cgroup.procs" in filenames:
-                try:
-                    pids.extend(_parse_pids(_read_text(Path(dirpath) / "cgroup.procs"), dirpath))
-                except FileNotFoundError:
-                    continue  # a child removed mid-walk
-        return pids
+        return list(self.member_paths())
 
     def member_paths(self) -> dict[int, str]:
         """PID -> cgroup v2 path for this group and every descendant, from one walk: exact and

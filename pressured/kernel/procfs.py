@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,18 +310,6 @@ def scan_processes(
         complete=complete,
         duration_ns=time.perf_counter_ns() - started,
     )
-
-
-def iter_self_and_ancestors(pid: int, proc_root: str = "/proc") -> Iterator[int]:
-    """``pid`` and its parents up to PID 1 (used to refuse killing our own ancestors' chain)."""
-    seen: set[int] = set()
-    while pid > 0 and pid not in seen:
-        seen.add(pid)
-        yield pid
-        try:
-            pid = parse_stat(_read(f"{proc_root}/{pid}/stat", 4096)).ppid
-        except (OSError, ParseError):
-            return
 
 
 def read_oom_score_adj(pid: int | str = "self", proc_root: str = "/proc") -> int:
