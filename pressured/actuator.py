@@ -163,6 +163,7 @@ class Actuator:
             pressure_some_avg10=pressure.some.avg10 if pressure else None,
             pressure_full_avg10=pressure.full.avg10 if pressure and pressure.full else None,
             figures=dict(victim.figures),
+            ranking=tuple(ctx.decision.ranking),
             dry_run=ctx.dry_run,
             victim_boosted=boosted,
         )

@@ -108,6 +108,8 @@ class KillRecord:
     pressure_some_avg10: float | None = None
     pressure_full_avg10: float | None = None
     figures: dict[str, float | int | str] = field(default_factory=dict)
+    ranking: tuple[tuple[str, float | int | str], ...] = ()
+    """The evidence behind the choice: the top of the deciding policy's ranking."""
     wall_time: float = field(default_factory=time.time)
     dry_run: bool = False
     victim_boosted: bool = False

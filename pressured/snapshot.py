@@ -79,6 +79,16 @@ class RecentKill:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """An earlier cheap reading of one process (keyed by its identity), for growth figures."""
+
+    rss_bytes: int
+    minflt: int
+    majflt: int
+    monotonic_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a policy may look at. Frozen: policies cannot change what others see."""
 
@@ -94,6 +104,12 @@ class Snapshot:
     scan_duration_ns: int = 0
     complete: bool = True
     problems: tuple[ScanProblem, ...] = ()
+    previous: Mapping[tuple[int, int], ProcessSample] = field(default_factory=dict)
+    """Earlier samples by process identity ``(pid, start_time)``, where the scanner kept any:
+    growth and fault rates are the difference. Empty when there is no history."""
+    expected_processes: int | None = None
+    """How many processes the scope held when the scan began (None where unknown): with
+    ``complete`` False, ``len(processes)`` of this many were read before the deadline."""
     protected: frozenset[int] = frozenset()
     """PIDs the guard will refuse (PID 1, us, kernel threads, adj -1000, configured
     protection). Left out of :attr:`candidates` so policies rank only what may die; the guard

@@ -26,7 +26,11 @@ _READ_CHUNK = 65536
 # closing parenthesis of comm (which is field 2 and may itself contain spaces and parentheses).
 _STAT_STATE = 3 - 3
 _STAT_PPID = 4 - 3
+_STAT_PGRP = 5 - 3
+_STAT_SESSION = 6 - 3
 _STAT_FLAGS = 9 - 3
+_STAT_MINFLT = 10 - 3
+_STAT_MAJFLT = 12 - 3
 _STAT_STARTTIME = 22 - 3
 _STAT_RSS = 24 - 3
 
@@ -53,6 +57,18 @@ class ProcessRecord:
     cgroup: str | None
     """The cgroup v2 path (``/a/b``) or None where the process has no v2 membership line."""
     is_kernel_thread: bool
+    pgid: int = 0
+    """Process group (``stat`` field 5): with ``sid``, who belongs to one job."""
+    sid: int = 0
+    """Session (``stat`` field 6)."""
+    minflt: int = 0
+    """Cumulative minor faults (``stat`` field 10): first touches of new memory."""
+    majflt: int = 0
+    """Cumulative major faults (``stat`` field 12): refaults and swap-ins of its own."""
+    exe_dev: int | None = None
+    """Device of the executable (``stat`` of ``/proc/PID/exe``); None where not read. With
+    ``exe_ino`` it names the binary in a way the process cannot forge, unlike comm/cmdline."""
+    exe_ino: int | None = None
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -112,6 +128,10 @@ class StatFields:
     flags: int
     start_time: int
     rss_pages: int
+    pgid: int = 0
+    sid: int = 0
+    minflt: int = 0
+    majflt: int = 0
 
 
 def _printable(text: str) -> str:
@@ -138,6 +158,10 @@ def parse_stat(data: bytes, source: str = "<stat>") -> StatFields:
             flags=int(words[_STAT_FLAGS]),
             start_time=int(words[_STAT_STARTTIME]),
             rss_pages=max(0, int(words[_STAT_RSS])),
+            pgid=int(words[_STAT_PGRP]),
+            sid=int(words[_STAT_SESSION]),
+            minflt=int(words[_STAT_MINFLT]),
+            majflt=int(words[_STAT_MAJFLT]),
         )
     except ValueError as exc:
         raise ParseError(source, f"non-numeric field: {exc}") from None
@@ -240,6 +264,8 @@ def read_process(
             oom_score_adj=0,
             cgroup=None,
             is_kernel_thread=True,
+            pgid=stat.pgid,
+            sid=stat.sid,
         )
     status = parse_status(_read(f"{base}/status"), f"{base}/status")
     cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 2), cmdline_limit)
@@ -258,6 +284,10 @@ def read_process(
         oom_score_adj=_int_file(f"{base}/oom_score_adj", f"{base}/oom_score_adj"),
         cgroup=cgroup if cgroup is not None else parse_cgroup_v2(_read(f"{base}/cgroup")),
         is_kernel_thread=False,
+        pgid=stat.pgid,
+        sid=stat.sid,
+        minflt=stat.minflt,
+        majflt=stat.majflt,
     )
 
 

@@ -28,6 +28,9 @@ class Victim:
     """With ``pid``: the identity the actuator re-checks before signalling."""
     cgroup: str | None = None
     figures: dict[str, Figure] = field(default_factory=dict)
+    family: tuple[tuple[int, int], ...] = ()
+    """For a process victim: further processes ``(pid, start_time)`` that share its cause
+    (its descendants in one session, process group or leaf cgroup) and die with it."""
 
     @classmethod
     def process(cls, record: ProcessRecord, reason: str, **figures: Figure) -> Victim:
