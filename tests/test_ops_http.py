@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import urllib.request
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pressured.events import EventSource, PressureEvent
 from pressured.ops.http import OpsServer
 from pressured.ops.metrics import Metrics
+from pressured.testing.daemon import Daemon, scope_config, write_config
+from pressured.testing.scratch import ScratchGroup
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -323,3 +330,25 @@ def test_busy_status_pages_do_not_hold_up_healthz(run_async: Runner) -> None:
             assert [(await task)[0] for task in slow] == [200, 200]
 
     run_async(scenario())
+
+
+@pytest.mark.kernel
+def test_real_daemon_healthz_answers_beside_200_idle_connections(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """A real `pressured run --dry-run`: 16, then 200 idle local connections, /healthz is 200."""
+    config = write_config(tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path))
+    with Daemon(config, "--dry-run") as daemon:
+        url = daemon.wait_for("ops.listening", 60)["url"]
+        daemon.wait_for("controller.ready", 60)
+        port = int(url.rsplit(":", 1)[1])
+        idle: list[socket.socket] = []
+        try:
+            for total in (16, 200):
+                while len(idle) < total:
+                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:  # noqa: S310 - loopback
+                    assert (response.status, response.read()) == (200, b"ok\n")
+        finally:
+            for connection in idle:
+                connection.close()
