@@ -427,3 +427,31 @@ def test_program_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> N
     script.chmod(0o755)
     with pytest.raises(ConfigError, match=f"{shared} is writable by group or others"):
         HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+
+
+@pytest.mark.parametrize("env", [False, True], ids=["direct", "via-env"])
+def test_script_whose_interpreter_others_can_write_is_refused(tmp_path: Path, env: bool) -> None:
+    """A safe script is only as safe as its #! interpreter, which runs as root too."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    interpreter = shared / "fakesh"
+    interpreter.write_text("#!/bin/sh\nexit 0\n")
+    interpreter.chmod(0o755)
+    safe = tmp_path / "etc"
+    safe.mkdir(mode=0o755)
+    script = safe / "hook"
+    shebang = f"#!/usr/bin/env {interpreter}" if env else f"#!{interpreter}"
+    script.write_text(f"{shebang}\nexit 0\n")
+    script.chmod(0o755)
+    with pytest.raises(ConfigError, match=f"its interpreter {interpreter}: {shared} is writable"):
+        HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+
+
+def test_script_with_a_safe_interpreter_is_accepted(tmp_path: Path) -> None:
+    """A script run through /usr/bin/env sh (found in the fixed PATH) is accepted."""
+    script = tmp_path / "hook"
+    script.write_text("#!/usr/bin/env sh\nexit 0\n")
+    script.chmod(0o755)
+    runner = HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+    assert runner.enabled

@@ -152,7 +152,40 @@ def _resolve_program(program: str, field: str) -> str:
         raise ConfigError(field, f"program {found} is not a regular file")
     if not os.access(real, os.X_OK):
         raise ConfigError(field, f"program {found} is not executable")
+    _check_interpreter(real, field)
     return real
+
+
+_SHEBANG_BYTES = 256  # the kernel reads at most this much of a "#!" line (BINPRM_BUF_SIZE)
+
+
+def _check_interpreter(script: str, field: str) -> None:
+    """A script runs its ``#!`` interpreter as root too: that file must be as safe, and so must
+    the program ``/usr/bin/env NAME`` would pick from the hook's fixed PATH."""
+    try:
+        with open(script, "rb") as handle:
+            head = handle.read(_SHEBANG_BYTES)
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read program {script}: {exc.strerror}") from None
+    if not head.startswith(b"#!"):
+        return
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    if not words:
+        return
+    interpreters = [words[0]]
+    if os.path.basename(words[0]) == "env":
+        names = [word for word in words[1:] if not word.startswith("-") and "=" not in word]
+        if names:
+            found = names[0] if os.sep in names[0] else _search_path(names[0])
+            if found is None:
+                raise ConfigError(field, f"interpreter {names[0]!r} of {script} not found")
+            interpreters.append(found)
+    for interpreter in interpreters:
+        reason = resolve_trusted(interpreter).reason
+        if reason is not None:
+            raise ConfigError(
+                field, f"refusing hook program {script}: its interpreter {interpreter}: {reason}"
+            )
 
 
 def _search_path(name: str) -> str | None:
