@@ -346,3 +346,17 @@ def test_journal_writes_create_no_thread_but_the_owned_one(
 
         new_threads = run_async(scenario())
     assert new_threads == ["pressured-ops_0"]
+
+
+def test_log_command_does_not_follow_a_link_at_the_journal_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pressured log` opens the journal O_NOFOLLOW: a link there is an error, not followed."""
+    real = tmp_path / "elsewhere.jsonl"
+    write_journal(real, [make_record(1)])
+    link = tmp_path / "kills.jsonl"
+    link.symlink_to(real)
+    assert main(["log", "--journal", str(link), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Too many levels of symbolic links" in captured.err
