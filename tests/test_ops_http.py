@@ -271,6 +271,37 @@ def test_idle_connections_do_not_make_healthz_503(run_async: Runner) -> None:
     run_async(scenario())
 
 
+def test_one_greedy_client_cannot_push_out_another_clients_connections(
+    run_async: Runner,
+) -> None:
+    """Per-client cap: 200 idle connections from 127.0.0.2 leave at most 8 of its own open and
+    never drop the connections another address opened before it."""
+
+    async def scenario() -> None:
+        async with OpsServer("127.0.0.1", 0, head_timeout_s=30) as server:
+            patient = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(4)]
+            await accepted(server, 4)
+            greedy = []
+            try:
+                for _ in range(200):
+                    greedy.append(
+                        await asyncio.open_connection(
+                            "127.0.0.1", server.port, local_addr=("127.0.0.2", 0)
+                        )
+                    )
+                await accepted(server, 204)
+                assert server.open_connections == 4 + 8
+                for reader, writer in patient:
+                    writer.write(b"GET /healthz HTTP/1.1\r\n\r\n")
+                    await writer.drain()
+                    async with asyncio.timeout(5):
+                        assert (await reader.read()).startswith(b"HTTP/1.1 200 OK")
+            finally:
+                close_all([writer for _, writer in patient + greedy])
+
+    run_async(scenario())
+
+
 def test_trickling_clients_are_dropped_and_healthz_answers(run_async: Runner) -> None:
     """Slowloris: clients sending one byte at a time are cut off at the head deadline, and
     /healthz answers while they trickle."""

@@ -99,7 +99,8 @@ class OpsServer:
 
     @property
     def open_connections(self) -> int:
-        return len(self._connections)
+        """Connections open now (not counting those dropped and still being cleaned up)."""
+        return sum(not connection.dropped for connection in self._connections.values())
 
     @property
     def busy(self) -> int:
@@ -165,11 +166,13 @@ class OpsServer:
     def _make_room(self, client: str) -> None:
         """Drop connections still waiting for their request until the newcomer fits under both
         caps: first from its own address, then from the address holding the most."""
-        mine = [w for w, c in self._connections.items() if c.client == client]
-        if len(mine) >= self._max_per_client:
+        # Dropped ones stay listed until their handler has cleaned up: do not count them.
+        live = [c for c in self._connections.values() if not c.dropped]
+        if sum(c.client == client for c in live) >= self._max_per_client:
             self._drop_oldest_waiting(client)
-        if len(self._connections) >= self._max_connections:
-            counts = Counter(c.client for c in self._connections.values() if c.waiting)
+            live = [c for c in live if not c.dropped]
+        if len(live) >= self._max_connections:
+            counts = Counter(c.client for c in live if c.waiting)
             for busiest, _count in counts.most_common():
                 if self._drop_oldest_waiting(busiest):
                     break
