@@ -182,3 +182,33 @@ def test_read_only_bind_of_a_writable_directory_is_refused(tmp_path: Path, tmpfs
         assert f"also mounted writable at {tmpfs}" in reason
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def shipped_configmaps() -> list[tuple[str, str, str]]:
+    """(manifest, key, TOML) for every ConfigMap key in examples/kubernetes."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML reads the shipped manifests")
+    found = []
+    for manifest in sorted(
+        (Path(__file__).parent.parent / "examples" / "kubernetes").glob("*.yaml")
+    ):
+        for document in yaml.safe_load_all(manifest.read_text()):
+            if isinstance(document, dict) and document.get("kind") == "ConfigMap":
+                for key, text in document.get("data", {}).items():
+                    found.append((manifest.name, key, text))
+    return found
+
+
+@pytest.mark.parametrize(("manifest", "key", "text"), shipped_configmaps())
+def test_shipped_manifests_config_passes_check_as_kubelet_mounts_it(
+    tmpfs: Path, manifest: str, key: str, text: str
+) -> None:
+    """Each shipped ConfigMap, laid out as kubelet mounts it (read-only), passes 'check'."""
+    stamp = tmpfs / "..2026_11_30_03_00_00.000000001"
+    stamp.mkdir()
+    stamp.chmod(0o777)
+    (stamp / key).write_text(text)
+    (tmpfs / "..data").symlink_to(stamp.name)
+    (tmpfs / key).symlink_to(f"..data/{key}")
+    remount_read_only(tmpfs)
+    done = run_cli("check", "--config", str(tmpfs / key))
+    assert done.returncode == 0, f"{manifest}: {done.stderr}"
