@@ -62,6 +62,12 @@ class OpsServer:
     ``port=0`` binds a free port; read it back from :attr:`port` after ``start()``.
     ``executor``, when given, renders ``/metrics`` off the loop thread: rendering calls the
     pressure readers and reads ``/proc/self/statm``, and the loop must never wait on a file.
+
+    Limits: the request head within ``head_timeout_s``; callbacks and the answer's write
+    within ``request_timeout_s``; ``max_per_client`` connections per peer address and
+    ``max_connections`` in all (made room for by dropping the oldest idle one, see the module
+    docstring); ``max_busy`` ``/metrics`` or ``/status`` answers at once. :attr:`dropped`
+    counts connections dropped for room.
     """
 
     def __init__(
