@@ -103,8 +103,9 @@ class KillJournal:
     async def start(self) -> None:
         """Open (and create, mode 0600) the journal now, so a bad path shows at start-up.
 
-        Raises OSError: an unwritable journal is a configuration problem the operator must
-        see; later write failures are only logged and counted.
+        Raises OSError (:class:`UnsafeJournalError` when the path is within another user's
+        reach): an unwritable journal is a configuration problem the operator must see; later
+        write failures are only logged and counted.
         """
         async with self._lock:
             await self._open()
