@@ -307,3 +307,151 @@ def test_on_kill_does_not_wait_for_hooks(run_async: Runner) -> None:
     run_async(scenario())
     assert runner.counts[("post_kill", "cancelled")] == 1
     assert not runner._running
+
+
+# -- tampering: the checked file runs, as an ordinary process ------------------------------------
+
+REPORT_SELF = (
+    "import os, sys\n"
+    "adj = open(f'/proc/{os.getpid()}/oom_score_adj').read().strip()\n"
+    "policy = os.sched_getscheduler(0)\n"
+    "nice = os.getpriority(os.PRIO_PROCESS, 0)\n"
+    "open(sys.argv[1], 'w').write(f'{adj} {policy} {nice}')\n"
+)
+
+
+def hook_child_report(run_async: Runner, out: Path) -> tuple[int, int, int]:
+    """Run a real pre-kill hook that reports its own oom_score_adj, policy and nice value."""
+    runner = HookRunner(
+        HooksSettings(pre_kill=(program(sys.executable, "-c", REPORT_SELF, str(out)),))
+    )
+    run_async(runner.pre_kill({"pid": "1"}))
+    assert runner.counts[("pre_kill", "ok")] == 1
+    adj, policy, nice = out.read_text().split()
+    return int(adj), int(policy), int(nice)
+
+
+def set_own_oom_score_adj(value: int) -> None:
+    Path("/proc/self/oom_score_adj").write_text(f"{value}\n")
+
+
+@pytest.mark.parametrize("daemon_adj", [-1000, 300])
+def test_hook_child_does_not_inherit_the_daemons_oom_score_adj(
+    run_async: Runner, tmp_path: Path, daemon_adj: int
+) -> None:
+    """A hook child's /proc/PID/oom_score_adj is 0, not the daemon's (-1000: never killable)."""
+    before = int(Path("/proc/self/oom_score_adj").read_text())
+    try:
+        set_own_oom_score_adj(daemon_adj)
+    except PermissionError:
+        pytest.skip(f"the kernel refuses oom_score_adj {daemon_adj} here (no CAP_SYS_RESOURCE)")
+    try:
+        adj, _policy, _nice = hook_child_report(run_async, tmp_path / "report")
+    finally:
+        set_own_oom_score_adj(before)
+    assert adj == 0
+
+
+def test_hook_child_gets_normal_scheduling(run_async: Runner, tmp_path: Path) -> None:
+    """A hook child runs SCHED_OTHER at nice 0 even when the daemon's thread is real-time, -10."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_SYS_NICE) to raise the test thread's priority")
+    policy_before = os.sched_getscheduler(0)
+    param_before = os.sched_getparam(0)
+    nice_before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except PermissionError:
+        pytest.skip("the kernel refuses SCHED_RR here (no real-time budget for this cgroup)")
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+        _adj, policy, nice = hook_child_report(run_async, tmp_path / "report")
+    finally:
+        os.sched_setscheduler(0, policy_before, param_before)
+        os.setpriority(os.PRIO_PROCESS, 0, nice_before)
+    assert (policy, nice) == (os.SCHED_OTHER, 0)
+
+
+def test_bare_name_runs_the_program_found_in_the_checked_path(
+    run_async: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare name runs what was checked in the fixed PATH, not a look-alike earlier in the
+    daemon's own PATH."""
+    planted = tmp_path / "bin"
+    planted.mkdir()
+    marker = tmp_path / "planted-ran"
+    fake = planted / "true"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{planted}:{os.environ.get('PATH', '')}")
+    runner = HookRunner(HooksSettings(pre_kill=(program("true"),)))
+    run_async(runner.pre_kill({"pid": "1"}))
+    assert runner.counts[("pre_kill", "ok")] == 1
+    assert not marker.exists()
+
+
+def test_link_to_a_program_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    """A hook linked from a safe directory to one others can write is refused."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    real = shared / "hook.sh"
+    real.write_text("#!/bin/sh\nexit 0\n")
+    real.chmod(0o755)
+    safe = tmp_path / "etc"
+    safe.mkdir(mode=0o755)
+    (safe / "hook").symlink_to(real)
+    with pytest.raises(ConfigError, match=f"{shared} is writable by group or others"):
+        HookRunner(HooksSettings(pre_kill=(program(str(safe / "hook")),)))
+
+
+def test_link_to_a_program_others_can_write_is_refused(tmp_path: Path) -> None:
+    """A hook linked to a file others can write is refused, naming the real file."""
+    real = tmp_path / "hook.sh"
+    real.write_text("#!/bin/sh\nexit 0\n")
+    real.chmod(0o777)
+    safe = tmp_path / "etc"
+    safe.mkdir(mode=0o755)
+    (safe / "hook").symlink_to(real)
+    with pytest.raises(ConfigError, match=f"{real} is writable by group or others"):
+        HookRunner(HooksSettings(pre_kill=(program(str(safe / "hook")),)))
+
+
+def test_program_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    """A safe file in a directory others can write (they could swap it) is refused."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    script = shared / "hook.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    with pytest.raises(ConfigError, match=f"{shared} is writable by group or others"):
+        HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+
+
+@pytest.mark.parametrize("env", [False, True], ids=["direct", "via-env"])
+def test_script_whose_interpreter_others_can_write_is_refused(tmp_path: Path, env: bool) -> None:
+    """A safe script is only as safe as its #! interpreter, which runs as root too."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    interpreter = shared / "fakesh"
+    interpreter.write_text("#!/bin/sh\nexit 0\n")
+    interpreter.chmod(0o755)
+    safe = tmp_path / "etc"
+    safe.mkdir(mode=0o755)
+    script = safe / "hook"
+    shebang = f"#!/usr/bin/env {interpreter}" if env else f"#!{interpreter}"
+    script.write_text(f"{shebang}\nexit 0\n")
+    script.chmod(0o755)
+    with pytest.raises(ConfigError, match=f"its interpreter {interpreter}: {shared} is writable"):
+        HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+
+
+def test_script_with_a_safe_interpreter_is_accepted(tmp_path: Path) -> None:
+    """A script run through /usr/bin/env sh (found in the fixed PATH) is accepted."""
+    script = tmp_path / "hook"
+    script.write_text("#!/usr/bin/env sh\nexit 0\n")
+    script.chmod(0o755)
+    runner = HookRunner(HooksSettings(pre_kill=(program(str(script)),)))
+    assert runner.enabled

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ from pressured.cli import main
 from pressured.events import KillRecord, KillResult, VictimKind
 from pressured.kernel.pidfd import MreleaseResult, MreleaseStatus
 from pressured.ops import Sink
-from pressured.ops.journal import KillJournal, read_journal
+from pressured.ops.journal import KillJournal, read_journal, read_journal_async
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -226,3 +227,136 @@ def test_log_command_without_journal(tmp_path: Path, capsys: pytest.CaptureFixtu
     """A missing journal is a clear message and exit 1."""
     assert main(["log", "--journal", str(tmp_path / "none.jsonl")]) == 1
     assert "no kill journal" in capsys.readouterr().err
+
+
+# -- tampering: nobody else chooses what root writes into ----------------------------------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+
+def sticky_dir(tmp_path: Path) -> Path:
+    """A /tmp-like directory: anyone may create entries, only owners remove them."""
+    folder = tmp_path / "sticky"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    return folder
+
+
+def test_journal_in_a_directory_others_can_write_is_refused(
+    run_async: Runner, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """start() refuses a journal directory others can write (they could swap the file)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match=f"{shared} is writable by group or others"):
+        run_async(KillJournal(shared / "kills.jsonl", pool).start())
+    assert not (shared / "kills.jsonl").exists()
+
+
+@needs_root
+def test_link_planted_at_the_journal_path_is_refused_at_reopen(
+    run_async: Runner, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """After rotation another user plants a link at the path: reopen refuses to follow it."""
+    folder = sticky_dir(tmp_path)
+    path = folder / "kills.jsonl"
+    victim = tmp_path / "precious"
+    victim.write_text("root's data\n")
+
+    async def scenario() -> None:
+        journal = KillJournal(path, pool)
+        await journal.append(make_record(1))
+        path.rename(folder / "kills.jsonl.1")
+        path.symlink_to(victim)
+        os.lchown(path, NOBODY, NOBODY)
+        await journal.reopen()
+        assert await journal.append(make_record(2)) is False
+        await journal.aclose()
+        with pytest.raises(PermissionError, match="is a symbolic link"):
+            await journal.start()
+
+    run_async(scenario())
+    assert victim.read_text() == "root's data\n"
+
+
+@needs_root
+def test_file_planted_at_the_journal_path_is_refused_at_reopen(
+    run_async: Runner, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """A file another user created at the path in a sticky directory is not written into."""
+    folder = sticky_dir(tmp_path)
+    path = folder / "kills.jsonl"
+
+    async def scenario() -> None:
+        journal = KillJournal(path, pool)
+        await journal.append(make_record(1))
+        path.rename(folder / "kills.jsonl.1")
+        path.write_text("")
+        os.chown(path, NOBODY, NOBODY)
+        path.chmod(0o600)
+        await journal.reopen()
+        assert await journal.append(make_record(2)) is False
+        await journal.aclose()
+        with pytest.raises(PermissionError, match=f"owned by uid {NOBODY}"):
+            await journal.start()
+
+    run_async(scenario())
+    assert path.read_text() == ""
+
+
+@needs_root
+def test_journal_directory_linked_by_another_user_is_refused(
+    run_async: Runner, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """A directory link planted by another user in a sticky directory is not followed."""
+    folder = sticky_dir(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    (folder / "pressured").symlink_to(theirs)
+    os.lchown(folder / "pressured", NOBODY, NOBODY)
+    with pytest.raises(PermissionError, match=f"owned by uid {NOBODY}"):
+        run_async(KillJournal(folder / "pressured" / "kills.jsonl", pool).start())
+    assert list(theirs.iterdir()) == []
+
+
+def test_journal_writes_create_no_thread_but_the_owned_one(
+    run_async: Runner, tmp_path: Path
+) -> None:
+    """Opening, appending (write + fsync), reopening and reading back through aiofiles run on
+    the one owned "pressured-ops" thread: no default executor, no other new thread."""
+    before = {thread.ident for thread in threading.enumerate()}
+    path = tmp_path / "kills.jsonl"
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pressured-ops") as io:
+
+        async def scenario() -> list[str]:
+            journal = KillJournal(path, io)
+            await journal.start()
+            for pid in range(5):
+                assert await journal.append(make_record(pid))
+            await journal.reopen()
+            assert await journal.append(make_record(5))
+            records = await read_journal_async(path, 3, io)
+            assert [record["pid"] for record in records] == [3, 4, 5]
+            await journal.aclose()
+            return [t.name for t in threading.enumerate() if t.ident not in before]
+
+        new_threads = run_async(scenario())
+    assert new_threads == ["pressured-ops_0"]
+
+
+def test_log_command_does_not_follow_a_link_at_the_journal_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pressured log` opens the journal O_NOFOLLOW: a link there is an error, not followed."""
+    real = tmp_path / "elsewhere.jsonl"
+    write_journal(real, [make_record(1)])
+    link = tmp_path / "kills.jsonl"
+    link.symlink_to(real)
+    assert main(["log", "--journal", str(link), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Too many levels of symbolic links" in captured.err

@@ -7,11 +7,13 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pressured.cli.common import add_config_arguments, report_config_error, settings_from_args
 from pressured.errors import ConfigError, UnsafeFileError
-from pressured.ops.journal import read_journal
+from pressured.loops import run_on
+from pressured.ops.journal import read_journal_async
 
 COLUMNS: tuple[str, ...] = (
     "TIME",
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
     try:
-        records = read_journal(path, max(0, args.lines))
+        records = read_records(path, max(0, args.lines))
     except FileNotFoundError:
         print(f"pressured: no kill journal at {path} (nothing killed yet?)", file=sys.stderr)
         return 1
@@ -67,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no kills recorded")
     return 0
+
+
+def read_records(path: str, last_n: int) -> list[dict[str, Any]]:
+    """The journal's last records, read through aiofiles on one thread this command owns."""
+    with ThreadPoolExecutor(1, thread_name_prefix="pressured-log") as io:
+        return run_on("asyncio", read_journal_async(path, last_n, io))
 
 
 def format_kills(records: Iterable[Mapping[str, Any]]) -> str:

@@ -3,10 +3,19 @@
 A hook must never delay a kill past its limit, and never break the controller:
 
 - **Programs** get an argument list (never a shell), stdin from ``/dev/null``, a small
-  environment (``PATH``, ``LANG``, ``TZ`` and the victim's facts as ``PRESSURED_*``
+  environment (a fixed ``PATH``, ``LANG``, ``TZ`` and the victim's facts as ``PRESSURED_*``
   variables; none of the daemon's own environment such as ``NOTIFY_SOCKET``), and their own
   session so that on timeout the whole process group is killed and the child reaped. Output
   goes to the daemon's stderr (the service's log).
+- **Programs are checked once, at start-up, and the checked file is what runs.** A bare name
+  is looked up in the fixed ``PATH`` by us (not by ``execvp`` in the daemon's own ``PATH``);
+  links are resolved and the real file and every directory on the way must be out of other
+  users' reach (:mod:`pressured.safety`); the absolute real path is what gets executed, with
+  ``argv[0]`` as configured.
+- **Programs run as ordinary processes.** The daemon runs with ``oom_score_adj`` -1000 (the
+  kernel's OOM killer never picks it) and may have raised its priority; a hook inherits
+  neither: in the child, before ``exec``, ``oom_score_adj`` goes back to 0, a real-time
+  scheduling policy to ``SCHED_OTHER`` and a negative nice value to 0.
 - **URLs** (``http://`` only) receive the facts or the kill record as a JSON POST from a tiny
   asyncio client; any 2xx answer is success.
 
@@ -26,7 +35,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -43,7 +51,7 @@ from pressured.actuator import wait_exited
 from pressured.config import HookSettings, HooksSettings
 from pressured.errors import ConfigError
 from pressured.events import KillRecord, PressureEvent
-from pressured.safety import unsafe_reason
+from pressured.safety import resolve_trusted
 
 __all__ = ["HookObserver", "HookOutcome", "HookRunner", "Stage", "facts_from_record"]
 
@@ -55,8 +63,9 @@ HookObserver = Callable[[str, str, float], None]
 """``observer(stage, outcome, duration_s)``, e.g. :meth:`Metrics.observe_hook`."""
 
 ENV_PREFIX = "PRESSURED_"
-_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_PASSED_ENV = ("LANG", "LC_ALL", "TZ")
+HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""Where bare program names are looked up (by us, at start-up) and the ``PATH`` hooks get."""
 _MAX_RESPONSE_HEAD = 8192
 _KILL_GRACE_S = 0.5
 
@@ -77,7 +86,9 @@ def facts_from_record(record: KillRecord) -> dict[str, str]:
 def hook_environment(facts: Mapping[str, str]) -> dict[str, str]:
     """The environment a program hook runs with: a few basics plus ``PRESSURED_<FACT>``."""
     env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
-    env.setdefault("PATH", _DEFAULT_PATH)
+    # The daemon's own PATH may hold directories nobody checked; the hook's own look-ups use
+    # the same fixed PATH its program was found in.
+    env["PATH"] = HOOK_PATH
     for key, value in facts.items():
         name = re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
         if not name.startswith(ENV_PREFIX):
@@ -117,23 +128,73 @@ class _Hook:
     """``pre_kill.0``: where the hook is in the configuration, for logs."""
     settings: HookSettings
     target: _Target | None
+    executable: str | None = None
+    """The program's checked, absolute real path (programs only): what is executed."""
 
     @property
     def timeout_s(self) -> float:
         return self.settings.timeout_ms / 1000.0
 
 
-def _check_program(program: str, field: str) -> None:
-    """A hook program runs as root: it must exist, and no other user may be able to change it
-    (or a directory above it)."""
-    resolved = program if os.sep in program else shutil.which(program, path=_DEFAULT_PATH)
-    if resolved is None or not os.path.isfile(resolved):
-        raise ConfigError(field, f"program {program!r} not found")
-    if not os.access(resolved, os.X_OK):
-        raise ConfigError(field, f"program {resolved} is not executable")
-    reason = unsafe_reason(resolved)
-    if reason is not None:
-        raise ConfigError(field, f"refusing hook program {resolved}: {reason}")
+def _resolve_program(program: str, field: str) -> str:
+    """The real path of a hook program, checked: it runs as root, so it must exist, be
+    executable, and no other user may be able to change it or a directory on its way."""
+    found = program if os.sep in program else _search_path(program)
+    if found is None:
+        raise ConfigError(field, f"program {program!r} not found (searched {HOOK_PATH})")
+    outcome = resolve_trusted(found)
+    if outcome.reason is not None or outcome.real_path is None:
+        if not os.path.lexists(found):
+            raise ConfigError(field, f"program {program!r} not found")
+        raise ConfigError(field, f"refusing hook program {found}: {outcome.reason}")
+    real = outcome.real_path
+    if not os.path.isfile(real):
+        raise ConfigError(field, f"program {found} is not a regular file")
+    if not os.access(real, os.X_OK):
+        raise ConfigError(field, f"program {found} is not executable")
+    _check_interpreter(real, field)
+    return real
+
+
+_SHEBANG_BYTES = 256  # the kernel reads at most this much of a "#!" line (BINPRM_BUF_SIZE)
+
+
+def _check_interpreter(script: str, field: str) -> None:
+    """A script runs its ``#!`` interpreter as root too: that file must be as safe, and so must
+    the program ``/usr/bin/env NAME`` would pick from the hook's fixed PATH."""
+    try:
+        with open(script, "rb") as handle:
+            head = handle.read(_SHEBANG_BYTES)
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read program {script}: {exc.strerror}") from None
+    if not head.startswith(b"#!"):
+        return
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    if not words:
+        return
+    interpreters = [words[0]]
+    if os.path.basename(words[0]) == "env":
+        names = [word for word in words[1:] if not word.startswith("-") and "=" not in word]
+        if names:
+            found = names[0] if os.sep in names[0] else _search_path(names[0])
+            if found is None:
+                raise ConfigError(field, f"interpreter {names[0]!r} of {script} not found")
+            interpreters.append(found)
+    for interpreter in interpreters:
+        reason = resolve_trusted(interpreter).reason
+        if reason is not None:
+            raise ConfigError(
+                field, f"refusing hook program {script}: its interpreter {interpreter}: {reason}"
+            )
+
+
+def _search_path(name: str) -> str | None:
+    """The first executable ``name`` in :data:`HOOK_PATH`, as ``execvp`` would find it."""
+    for directory in HOOK_PATH.split(":"):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 class HookRunner:
@@ -160,8 +221,8 @@ class HookRunner:
             if hook.url is not None:
                 built.append(_Hook(field, hook, _parse_url(hook.url, f"{field}.url")))
             elif hook.command:
-                _check_program(hook.command[0], f"{field}.command")
-                built.append(_Hook(field, hook, None))
+                executable = _resolve_program(hook.command[0], f"{field}.command")
+                built.append(_Hook(field, hook, None, executable))
             else:
                 raise ConfigError(field, "a hook needs a command or a url")
         return tuple(built)
@@ -294,7 +355,8 @@ class HookRunner:
 
     async def _run_program(self, hook: _Hook, facts: Mapping[str, str]) -> int:
         self._reap_leftovers()
-        process = _spawn(hook.settings.command, hook_environment(facts))
+        assert hook.executable is not None  # noqa: S101 -- every program hook has one
+        process = _spawn(hook.executable, hook.settings.command, hook_environment(facts))
         self._running.add(process)
         pidfd = os.pidfd_open(process.pid)
         try:
@@ -356,17 +418,60 @@ class HookRunner:
         return int(parts[1])
 
 
-def _spawn(command: tuple[str, ...], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Popen forks with vfork and execs at once, as asyncio's own subprocess support does on
-    # the loop thread; we only avoid asyncio's per-child watcher thread.
+def _spawn(
+    executable: str, command: tuple[str, ...], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    # Forked on the loop thread as asyncio's own subprocess support does; we only avoid
+    # asyncio's per-child watcher thread.
     return subprocess.Popen(
-        list(command),  # an argument list, never a shell
+        list(command),  # an argument list, never a shell; argv[0] as configured
+        executable=executable,  # the file that was checked, not a new PATH search
         stdin=subprocess.DEVNULL,
         stdout=_stdout_target(),
         env=env,
         close_fds=True,
         start_new_session=True,  # its own process group, killed as one on timeout
+        preexec_fn=_as_ordinary_process,  # noqa: PLW1509 -- see _as_ordinary_process
     )
+
+
+_NORMAL_SCHEDULING = os.sched_param(0)
+_REALTIME_POLICIES = frozenset({os.SCHED_FIFO, os.SCHED_RR})
+_RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
+
+
+def _as_ordinary_process() -> None:
+    """Run in the hook's child between fork and exec: give up the daemon's protections.
+
+    Without this a hook inherits ``oom_score_adj`` -1000 (the OOM killer can never take it,
+    however large it grows) and the daemon's scheduling. ``oom_score_adj`` goes back to 0, a
+    real-time policy to ``SCHED_OTHER``, a negative nice value to 0. Giving up protection
+    needs no capability, so that part cannot be refused (if it fails anyway, the spawn fails
+    and the hook counts as failed rather than running unkillable). Going from a *positive*
+    ``oom_score_adj`` down to 0 may be refused without CAP_SYS_RESOURCE; the hook then stays
+    as killable as the daemon the operator configured, which is fine. A daemon made less
+    important (nice 10) keeps its hooks so too: raising priority is not ours to do.
+
+    Python's warning about ``preexec_fn`` and threads is about code that takes a lock another
+    thread held at fork time (imports, logging, I/O buffers, C libraries). This function only
+    makes system calls through already-imported ``os`` functions and takes no lock; CPython
+    reinitialises its own runtime state in the child before calling it.
+    """
+    fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        current = int(os.read(fd, 16))
+        if current != 0:
+            try:
+                os.write(fd, b"0")
+            except PermissionError:
+                if current < 0:
+                    raise
+    finally:
+        os.close(fd)
+    if os.sched_getscheduler(0) & ~_RESET_ON_FORK in _REALTIME_POLICIES:
+        os.sched_setscheduler(0, os.SCHED_OTHER, _NORMAL_SCHEDULING)
+    if os.getpriority(os.PRIO_PROCESS, 0) < 0:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 def _stdout_target() -> int:

@@ -5,8 +5,14 @@ stdlib loop alike. It is deliberately small and defensive, because it runs insid
 that must stay responsive under memory pressure:
 
 - one request per connection (``Connection: close``), ``GET`` and ``HEAD`` only;
-- the request head is bounded (8 KiB) and must arrive within a few seconds;
-- at most ``max_connections`` clients at once; more are answered 503 and closed;
+- the request head is bounded (8 KiB) and must arrive whole within ``head_timeout_s`` (1 s):
+  a client that sends nothing, or trickles a byte at a time, is dropped at that deadline;
+- connections are capped per client address and in total, and the cap is enforced by
+  dropping the oldest connection that has not sent its request yet, never by refusing the
+  newcomer: a liveness probe sends its request at once, so idle connections opened by another
+  local user (same address as the probe on loopback) cannot keep ``/healthz`` from answering;
+- ``/metrics`` and ``/status`` (which cost work) are served ``max_busy`` at a time, more get
+  503; ``/healthz`` is always answered;
 - callbacks that raise become 500 (or 503 for ``/healthz``), never a crashed server.
 
 Bound to 127.0.0.1 by default; inside a Kubernetes pod the kubelet's probes come from outside
@@ -22,8 +28,10 @@ import functools
 import inspect
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -54,6 +62,12 @@ class OpsServer:
     ``port=0`` binds a free port; read it back from :attr:`port` after ``start()``.
     ``executor``, when given, renders ``/metrics`` off the loop thread: rendering calls the
     pressure readers and reads ``/proc/self/statm``, and the loop must never wait on a file.
+
+    Limits: the request head within ``head_timeout_s``; callbacks and the answer's write
+    within ``request_timeout_s``; ``max_per_client`` connections per peer address and
+    ``max_connections`` in all (made room for by dropping the oldest idle one, see the module
+    docstring); ``max_busy`` ``/metrics`` or ``/status`` answers at once. :attr:`dropped`
+    counts connections dropped for room.
     """
 
     def __init__(
@@ -66,7 +80,10 @@ class OpsServer:
         status: StatusProvider | None = None,
         executor: Executor | None = None,
         request_timeout_s: float = 5.0,
-        max_connections: int = 16,
+        head_timeout_s: float = 1.0,
+        max_connections: int = 64,
+        max_per_client: int = 8,
+        max_busy: int = 4,
     ) -> None:
         self.host = host
         self.port = port
@@ -75,9 +92,26 @@ class OpsServer:
         self._status = status
         self._executor = executor
         self._timeout = request_timeout_s
-        self._max_connections = max_connections
+        self._head_timeout = head_timeout_s
+        self._max_connections = max(1, max_connections)
+        self._max_per_client = max(1, max_per_client)
+        self._max_busy = max(1, max_busy)
+        self._busy = 0
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        # Open connections in arrival order (dicts keep it), so the oldest is found first.
+        self._connections: dict[asyncio.StreamWriter, _Connection] = {}
+        self.dropped = 0
+        """Connections dropped to make room (idle or trickling clients over a cap)."""
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (not counting those dropped and still being cleaned up)."""
+        return sum(not connection.dropped for connection in self._connections.values())
+
+    @property
+    def busy(self) -> int:
+        """``/metrics`` and ``/status`` requests being answered now."""
+        return self._busy
 
     @property
     def url(self) -> str:
@@ -103,7 +137,7 @@ class OpsServer:
         # 1. Stop accepting new connections.
         server.close()
         # 2. Close connections still open (a slow client must not hold up shutdown).
-        for writer in list(self._writers):
+        for writer in list(self._connections):
             writer.close()
         # 3. Wait for the listening socket to go away.
         with contextlib.suppress(TimeoutError):
@@ -120,26 +154,51 @@ class OpsServer:
     # -- request handling -------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._writers) >= self._max_connections:
-            await self._respond(writer, HTTPStatus.SERVICE_UNAVAILABLE, b"busy\n", _TEXT)
-            writer.close()
-            return
-        self._writers.add(writer)
+        connection = _Connection(_client_of(writer))
+        self._make_room(connection.client)
+        self._connections[writer] = connection
         try:
-            await self._serve_one(reader, writer)
+            await self._serve_one(reader, writer, connection)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # the client went away or was too slow: nothing to answer
+            pass  # the client went away, was too slow, or was dropped for room
         except Exception:
             log.exception("http.handler_failed")
         finally:
-            self._writers.discard(writer)
+            del self._connections[writer]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _make_room(self, client: str) -> None:
+        """Drop connections still waiting for their request until the newcomer fits under both
+        caps: first from its own address, then from the address holding the most."""
+        # Dropped ones stay listed until their handler has cleaned up: do not count them.
+        live = [c for c in self._connections.values() if not c.dropped]
+        if sum(c.client == client for c in live) >= self._max_per_client:
+            self._drop_oldest_waiting(client)
+            live = [c for c in live if not c.dropped]
+        if len(live) >= self._max_connections:
+            counts = Counter(c.client for c in live if c.waiting)
+            for busiest, _count in counts.most_common():
+                if self._drop_oldest_waiting(busiest):
+                    break
+
+    def _drop_oldest_waiting(self, client: str) -> bool:
+        for writer, connection in self._connections.items():
+            if connection.client == client and connection.waiting and not connection.dropped:
+                connection.dropped = True
+                self.dropped += 1
+                log.debug("http.dropped_idle", client=client)
+                writer.transport.abort()  # its reader sees EOF; its handler cleans up
+                return True
+        return False
+
+    async def _serve_one(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: _Connection
+    ) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
+            # One deadline for the whole head: a trickle of bytes does not extend it.
+            async with asyncio.timeout(self._head_timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             await self._respond(
@@ -150,6 +209,7 @@ class OpsServer:
             if not exc.partial:
                 return  # connected and closed without a request (a TCP probe)
             raise
+        connection.waiting = False
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -171,7 +231,16 @@ class OpsServer:
             )
             return
         started = time.perf_counter()
-        status, body, content_type = await self._route(path)
+        if path == "/healthz":
+            status, body, content_type = await self._health_page()
+        elif self._busy >= self._max_busy:
+            status, body, content_type = HTTPStatus.SERVICE_UNAVAILABLE, b"busy\n", _TEXT
+        else:
+            self._busy += 1
+            try:
+                status, body, content_type = await self._route(path)
+            finally:
+                self._busy -= 1
         await self._respond(writer, status, body, content_type, method)
         log.debug(
             "http.request",
@@ -183,8 +252,6 @@ class OpsServer:
     async def _route(self, path: str) -> tuple[HTTPStatus, bytes, str]:
         if path == "/metrics":
             return await self._metrics_page()
-        if path == "/healthz":
-            return await self._health_page()
         return await self._status_page()
 
     async def _metrics_page(self) -> tuple[HTTPStatus, bytes, str]:
@@ -250,6 +317,22 @@ class OpsServer:
             writer.write(body)
         async with asyncio.timeout(self._timeout):
             await writer.drain()
+
+
+@dataclass(slots=True)
+class _Connection:
+    client: str
+    """The peer's address (no port): the unit the per-client cap counts."""
+    waiting: bool = True
+    """Still waiting for the request head; only such connections are dropped for room."""
+    dropped: bool = False
+
+
+def _client_of(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
 
 
 async def _call(func: Callable[[], _T | Awaitable[_T]], timeout_s: float) -> _T:

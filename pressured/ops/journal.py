@@ -2,9 +2,17 @@
 
 Why a file of our own besides the logs: logs rotate, get sampled and are shipped elsewhere;
 the journal is the local, complete answer to "what did pressured kill, when and why", read by
-``pressured log``. Each record is written with one ``write(2)`` on an ``O_APPEND`` descriptor
-and ``fsync``'d before :meth:`KillJournal.append` returns, on an executor the caller owns (the
-loop never waits on the disk, and no thread is created under pressure).
+``pressured log``. Each record is written on an ``O_APPEND`` descriptor and ``fsync``'d before
+:meth:`KillJournal.append` returns. The I/O goes through aiofiles on an executor the caller
+owns (the daemon's one "pressured-ops" thread): the loop never waits on the disk, and no
+thread is created under pressure (aiofiles would otherwise use the loop's default pool).
+
+Root writes this file, so nobody else may choose what it writes into. Every open (start-up
+and each reopen after rotation) resolves the directory with :mod:`pressured.safety` (owned by
+root or us, not writable by others unless sticky), opens the file with ``O_NOFOLLOW`` relative
+to that directory (a link planted at the path is refused, not followed), and checks the file
+it got: a regular file with one link, owned by root or us, writable by nobody else. A file
+another user planted in a sticky directory is refused rather than written into.
 
 Reading tolerates a torn last line (a crash mid-write): :func:`read_journal` skips any line
 that is not a complete JSON object, and the writer starts a fresh line when it finds the file
@@ -16,25 +24,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import json
 import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiofiles
 import structlog
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from pressured.events import KillRecord, PressureEvent
+from pressured.safety import resolve_trusted
 
-__all__ = ["KillJournal", "read_journal"]
+__all__ = ["KillJournal", "UnsafeJournalError", "read_journal", "read_journal_async"]
 
 log = structlog.get_logger("pressured.ops.journal")
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+_T = TypeVar("_T")
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _FILE_MODE = 0o600  # records carry command lines and cgroup paths: root's eyes only
 _DIR_MODE = 0o750
 _READ_BLOCK = 64 * 1024
+
+
+class UnsafeJournalError(PermissionError):
+    """The journal path is within another user's reach; ``strerror`` says how."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(errno.EPERM, f"refusing journal {path}: {reason}", str(path))
 
 
 class KillJournal:
@@ -56,7 +79,7 @@ class KillJournal:
         self.path = Path(path)
         self._executor = executor
         self._on_error = on_error
-        self._fd: int | None = None
+        self._file: AsyncFileIO | None = None
         self._needs_newline = False
         # Serialises appends so lines land in the order kills happened, whatever the pool size.
         self._lock = asyncio.Lock()
@@ -73,25 +96,26 @@ class KillJournal:
 
     async def aclose(self) -> None:
         async with self._lock:
-            await self._run(self._close_sync)
+            await self._close()
 
     # -- public API -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open (and create, mode 0600) the journal now, so a bad path shows at start-up.
 
-        Raises OSError: an unwritable journal is a configuration problem the operator must
-        see; later write failures are only logged and counted.
+        Raises OSError (:class:`UnsafeJournalError` when the path is within another user's
+        reach): an unwritable journal is a configuration problem the operator must see; later
+        write failures are only logged and counted.
         """
         async with self._lock:
-            await self._run(self._open_sync)
+            await self._open()
 
     async def append(self, record: KillRecord) -> bool:
         """Write one record durably; True on success, False (logged, counted) on failure."""
         line = (json.dumps(record.to_dict(), default=str, separators=(",", ":")) + "\n").encode()
         async with self._lock:
             try:
-                await self._run(self._append_sync, line)
+                await self._append(line)
             except OSError as exc:
                 self.failures += 1
                 log.exception(
@@ -109,65 +133,121 @@ class KillJournal:
     async def reopen(self) -> None:
         """Close and reopen the file (after log rotation; call it on SIGHUP)."""
         async with self._lock:
-            await self._run(self._close_sync)
+            await self._close()
             try:
-                await self._run(self._open_sync)
+                await self._open()
             except OSError as exc:
                 # The next append retries the open; a reload must not fail for this.
                 log.exception("journal.reopen_failed", path=str(self.path), error=exc.strerror)
 
-    # -- blocking parts, run on the executor ------------------------------------------------
+    # -- I/O, all of it on the executor ---------------------------------------------------
 
-    async def _run(self, func: Callable[..., None], *args: Any) -> None:
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, context.run, func, *args)
+        return await loop.run_in_executor(self._executor, context.run, func, *args)
 
-    def _open_sync(self) -> None:
-        if self._fd is not None:
+    async def _open(self) -> None:
+        if self._file is not None:
             return
-        self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
+        fd, self._needs_newline = await self._run(open_journal_fd, self.path)
         try:
-            size = os.fstat(fd).st_size
-            # A crash mid-write left a torn line: start ours on a fresh line.
-            self._needs_newline = size > 0 and _last_byte(self.path, size) != b"\n"
-        except OSError:
+            # Unbuffered: each write() is one write(2) on the O_APPEND descriptor.
+            self._file = await aiofiles.open(
+                fd, "ab", buffering=0, closefd=True, executor=self._executor
+            )
+        except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
 
-    def _append_sync(self, line: bytes) -> None:
-        self._open_sync()
-        assert self._fd is not None  # noqa: S101 -- set by _open_sync or it raised
+    async def _append(self, line: bytes) -> None:
+        await self._open()
+        assert self._file is not None  # noqa: S101 -- set by _open or it raised
         data = (b"\n" + line) if self._needs_newline else line
         try:
-            _write_all(self._fd, data)
-            os.fsync(self._fd)
+            view = memoryview(data)
+            while view:
+                written = await self._file.write(view)
+                view = view[written:]
+            await self._run(os.fsync, self._file.fileno())
         except OSError:
             # Whatever part got written is a torn line now; the next record starts afresh.
             self._needs_newline = True
             raise
         self._needs_newline = False
 
-    def _close_sync(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
+    async def _close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                await file.close()
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def open_journal_fd(path: Path) -> tuple[int, bool]:
+    """Open (create, 0600) the journal at ``path`` for appending, refusing anything another
+    user could have placed or could change; return the fd and whether the file ends in a torn
+    line. Blocking: run it on the executor."""
+    directory = path.parent
+    # Check before creating, so nothing is made inside someone else's directory.
+    existing = directory
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    _check_directory(path, existing)
+    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    real_directory = _check_directory(path, directory)
+    dir_fd = os.open(real_directory, _DIR_FLAGS)
+    try:
+        fd = os.open(path.name, _OPEN_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        # O_NOFOLLOW makes a link at the path ELOOP; a link another user owns in a sticky
+        # directory is EACCES before that (O_CREAT there checks the entry's owner first).
+        if exc.errno not in (errno.ELOOP, errno.EACCES):
+            raise
+        reason = _planted_reason(path.name, dir_fd)
+        if reason is None:
+            raise
+        raise UnsafeJournalError(path, reason) from None
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        reason = _file_reason(info)
+        if reason is not None:
+            raise UnsafeJournalError(path, reason)
+        torn = info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n"
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, torn
 
 
-def _last_byte(path: Path, size: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(size - 1)
-        return handle.read(1)
+def _planted_reason(name: str, dir_fd: int) -> str | None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link (give the real path)"
+    return _file_reason(info)
+
+
+def _check_directory(path: Path, directory: Path) -> str:
+    outcome = resolve_trusted(directory, sticky_dir_at_end=True)
+    if outcome.reason is not None or outcome.real_path is None:
+        raise UnsafeJournalError(path, str(outcome.reason))
+    return outcome.real_path
+
+
+def _file_reason(info: os.stat_result) -> str | None:
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid not in (0, os.geteuid()):
+        return f"the file is owned by uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"the file is writable by group or others (mode {stat.filemode(info.st_mode)})"
+    if info.st_nlink != 1:
+        return f"the file has {info.st_nlink} hard links"
+    return None
 
 
 def read_journal(path: str | os.PathLike[str], last_n: int | None = None) -> list[dict[str, Any]]:
@@ -175,35 +255,77 @@ def read_journal(path: str | os.PathLike[str], last_n: int | None = None) -> lis
 
     Reads backwards from the end in blocks, so a journal of a million kills costs what its
     tail costs. Lines that are not a complete JSON object (a torn last line, a stray edit) are
-    skipped. Raises FileNotFoundError if there is no journal.
+    skipped. Raises FileNotFoundError if there is no journal, OSError (ELOOP) if the path is
+    a symbolic link.
     """
     if last_n is not None and last_n <= 0:
         return []
-    with open(path, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        position = end
-        chunks: list[bytes] = []
-        newlines = 0
+    with open(path, "rb", opener=_open_no_follow) as handle:
+        tail = _Tail(handle.seek(0, os.SEEK_END), last_n)
+        while (step := tail.next_step()) is not None:
+            handle.seek(tail.position)
+            tail.add(handle.read(step))
+    return tail.records()
+
+
+async def read_journal_async(
+    path: str | os.PathLike[str], last_n: int | None, executor: Executor
+) -> list[dict[str, Any]]:
+    """:func:`read_journal` through aiofiles, every read on ``executor`` (no other thread)."""
+    if last_n is not None and last_n <= 0:
+        return []
+    # Not "async with": aiofiles' context manager closes on the loop's default executor
+    # whatever executor= says (aiofiles 25.1), which would start a thread of its own.
+    handle = await aiofiles.open(path, "rb", opener=_open_no_follow, executor=executor)
+    try:
+        tail = _Tail(await handle.seek(0, os.SEEK_END), last_n)
+        while (step := tail.next_step()) is not None:
+            await handle.seek(tail.position)
+            tail.add(await handle.read(step))
+    finally:
+        await handle.close()
+    return tail.records()
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+class _Tail:
+    """The backwards block reading shared by both readers: which block next, and the records
+    once enough newlines are in."""
+
+    def __init__(self, end: int, last_n: int | None) -> None:
+        self.position = end
+        self._last_n = last_n
+        self._chunks: list[bytes] = []
+        self._newlines = 0
+
+    def next_step(self) -> int | None:
+        """The size of the block before :attr:`position` to read next, or None when done."""
         # One more line than asked: the first (partial) line of the block is dropped.
-        while position > 0 and (last_n is None or newlines <= last_n):
-            step = min(_READ_BLOCK, position)
-            position -= step
-            handle.seek(position)
-            chunk = handle.read(step)
-            chunks.append(chunk)
-            newlines += chunk.count(b"\n")
-    data = b"".join(reversed(chunks))
-    lines = data.split(b"\n")
-    if position > 0:
-        lines = lines[1:]  # began mid-line
-    records: list[dict[str, Any]] = []
-    for raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            item = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(item, dict):
-            records.append(item)
-    return records if last_n is None else records[-last_n:]
+        if self.position <= 0 or (self._last_n is not None and self._newlines > self._last_n):
+            return None
+        step = min(_READ_BLOCK, self.position)
+        self.position -= step
+        return step
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._newlines += chunk.count(b"\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        lines = b"".join(reversed(self._chunks)).split(b"\n")
+        if self.position > 0:
+            lines = lines[1:]  # began mid-line
+        records: list[dict[str, Any]] = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                item = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                records.append(item)
+        return records if self._last_n is None else records[-self._last_n :]
