@@ -59,7 +59,7 @@ def test_cgroup_flag_keeps_the_first_scopes_policies(tmp_path: Path) -> None:
             {"scopes": [{"levels": [{"name": "a", "threshold_ms": 3000, "window_ms": 2000}]}]},
             "scopes.0.levels.0",
         ),
-        ({"scopes": [{"cgroup": "relative/path"}]}, "scopes.0.cgroup"),
+        ({"scopes": [{"cgroup": "/proc/self/cgroup"}]}, "scopes.0.cgroup"),
         ({"guard": {"protect_cmdline": ["("]}}, "guard.protect_cmdline"),
         ({"reaper": {"cpus": [4096]}}, "reaper.cpus"),
         ({"scopes": [{}, {}]}, "<root>"),

@@ -139,7 +139,7 @@ def test_manifest_capabilities_and_probes(name: str) -> None:
     assert not security.get("privileged", False)
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] == "/healthz"
-    assert container["ports"][0]["containerPort"] == 9464
+    assert container["ports"][0]["containerPort"] == 19464
 
 
 def test_sidecar_shares_the_process_namespace() -> None:
