@@ -228,6 +228,9 @@ class Cgroup:
         self.layout = layout
         self.path = "/" + path.strip("/") if path.strip("/") else "/"
         self.memcg_v1_path = memcg_v1_path
+        # How memcg_v1_path was chosen: "configured", "mirrored" (None: the v2 path), or
+        # "members" (found from the members' /proc/PID/cgroup; see kernel/memcg_v1.py).
+        self.memcg_v1_origin: str | None = "configured" if memcg_v1_path else None
 
     def __repr__(self) -> str:
         return f"Cgroup({self.path!r})"
@@ -293,6 +296,22 @@ class Cgroup:
         if mount is None:
             return None
         candidate = _join(mount, self.memcg_v1_path or self.path)
+        if candidate.is_dir():
+            return candidate
+        if self.memcg_v1_origin == "configured":
+            return None  # never second-guess the configuration
+        # Not at the mirrored path: ask the members where their memory is accounted, and keep
+        # the answer (a scope's snapshots pass memcg_v1_path on, so this runs once).
+        from pressured.kernel.memcg_v1 import members_memcg_v1
+
+        try:
+            found = members_memcg_v1(self.all_members())
+        except (OSError, ValueError):  # unreadable group or procfs: no figures, as before
+            return None
+        if found is None:
+            return None
+        self.memcg_v1_path, self.memcg_v1_origin = found, "members"
+        candidate = _join(mount, found)
         return candidate if candidate.is_dir() else None
 
     def memory(self) -> MemoryFigures:
