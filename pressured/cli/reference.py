@@ -1,6 +1,7 @@
 """The configuration reference, generated from the pydantic models so it cannot drift.
 
-``python -m pressured.cli.reference`` rewrites ``docs/configuration.md``;
+``python -m pressured.cli.reference`` rewrites ``docs/configuration.md`` and
+``examples/pressured.full.toml``;
 ``pressured check --reference`` prints the same Markdown and ``pressured check --schema`` the
 JSON schema. A test compares the committed document with :func:`render_markdown`.
 """
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,25 @@ from pydantic_core import to_jsonable_python
 
 from pressured.config import ENV_PREFIX, Settings
 
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC_PATH = ROOT / "docs" / "configuration.md"
+FULL_EXAMPLE_PATH = ROOT / "examples" / "pressured.full.toml"
+
+# Keys whose default is "unset" cannot be written in TOML; the full example shows them
+# commented out with a value worth copying.
+_UNSET_EXAMPLES: dict[str, Any] = {
+    "scopes[].cgroup": "/jobs",
+    "scopes[].memcg_v1": "/jobs",
+    "reaper.nice": -5,
+    "journal.path": "/var/lib/pressured/kills.jsonl",
+    "hooks.pre_kill[].url": "http://127.0.0.1:8080/pressured/pre-kill",
+    "hooks.post_kill[].command": ["/usr/local/libexec/pressured-notify"],
+}
+# Hook lists are empty by default; one entry each shows their keys.
+_EXAMPLE_HOOKS = {
+    "pre_kill": [{"command": ["/bin/true"], "timeout_ms": 200.0}],
+    "post_kill": [{"url": "http://127.0.0.1:8080/pressured/kill", "timeout_ms": 2000.0}],
+}
 
 # Units follow from the key's suffix; every duration and share in the tree is named this way.
 _UNITS = (
@@ -216,16 +236,80 @@ def render_markdown() -> str:
     return "\n".join(lines)
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+def _comment(text: str) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(" ".join(text.split()), 94)]
+
+
+def _render_table(
+    lines: list[str],
+    model: type[BaseModel],
+    data: Mapping[str, Any],
+    section: tuple[str, ...],
+) -> None:
+    if section:
+        if lines:
+            lines.append("")
+        lines.append(toml_header(section))
+    children = []
+    for name, info in model.model_fields.items():
+        child, is_array = _model_of(info.annotation)
+        if child is not None:
+            children.append((name, child, is_array))
+            continue
+        lines.extend(_comment(info.description or ""))
+        value = data.get(name)
+        if value is None:
+            dotted = ".".join((*section, name))
+            example = _UNSET_EXAMPLES.get(dotted, "")
+            lines.append(f"# {name} = {_toml_value(example)}    (unset by default)")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    for name, child, is_array in children:
+        inner = (*section, name + ("[]" if is_array else ""))
+        items = data.get(name) or []
+        for item in items if is_array else [data.get(name) or {}]:
+            _render_table(lines, child, item, inner)
+
+
+def render_full_toml() -> str:
+    """examples/pressured.full.toml: every key, at its default, with its description."""
+    data = Settings().model_dump(mode="json")
+    data["hooks"] = _EXAMPLE_HOOKS
+    lines = [
+        "# Every configuration key, at its default, with its description. Generated from",
+        "# pressured/config.py by `python -m pressured.cli.reference`; the reference is",
+        "# docs/configuration.md. Keys unset by default are shown commented out.",
+        "# The two hooks at the end are examples (hooks are off by default): remove them.",
+        "#",
+        "#   pressured check -c examples/pressured.full.toml",
+    ]
+    _render_table(lines, Settings, data, ())
+    return "\n".join(lines) + "\n"
+
+
 def json_schema() -> dict[str, Any]:
     return Settings.model_json_schema()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite docs/configuration.md (or the file given)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    target = Path(args[0]) if args else DOC_PATH
-    target.write_text(render_markdown(), encoding="utf-8")
-    print(f"wrote {target}")
+    """Rewrite docs/configuration.md and examples/pressured.full.toml from the models."""
+    if list(sys.argv[1:] if argv is None else argv):
+        print("usage: python -m pressured.cli.reference  (rewrites both files)", file=sys.stderr)
+        return 2
+    for target, text in ((DOC_PATH, render_markdown()), (FULL_EXAMPLE_PATH, render_full_toml())):
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target}")
     return 0
 
 
