@@ -125,3 +125,136 @@ def test_world_writable_config_is_refused(tmp_path: Path) -> None:
     done = run_cli("check", "-c", str(path))
     assert done.returncode == 2
     assert "writable by group or others" in done.stderr
+
+
+# -- the configuration documents itself ---------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+REGENERATE = "regenerate with: python -m pressured.cli.reference"
+
+
+def test_reference_doc_matches_the_models() -> None:
+    """docs/configuration.md is exactly what the models generate (it cannot drift)."""
+    from pressured.cli.reference import DOC_PATH, render_markdown
+
+    assert DOC_PATH.read_text() == render_markdown(), REGENERATE
+
+
+def test_full_example_matches_the_models() -> None:
+    """examples/pressured.full.toml is exactly what the models generate."""
+    from pressured.cli.reference import FULL_EXAMPLE_PATH, render_full_toml
+
+    assert FULL_EXAMPLE_PATH.read_text() == render_full_toml(), REGENERATE
+
+
+def _keys_in_toml(text: str) -> set[str]:
+    """Dotted keys set in a TOML text, plus those shown commented out (``# key = ...``) under
+    their table header; ``[]`` marks arrays of tables, as the reference writes them."""
+    import re
+    import tomllib
+
+    found: set[str] = set()
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                dotted = f"{prefix}{key}"
+                if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                    for item in value:
+                        walk(item, f"{dotted}[].")
+                elif isinstance(value, dict) and key != "options":
+                    walk(value, f"{dotted}.")
+                else:
+                    found.add(dotted)
+
+    walk(tomllib.loads(text), "")
+    from pressured.cli.reference import iter_keys
+
+    arrays = {part for key in iter_keys() for part in key.section if part.endswith("[]")}
+    section = ""
+    for line in text.splitlines():
+        header = re.match(r"^\[\[?([\w.]+)\]\]?$", line)
+        if header:
+            parts = header.group(1).split(".")
+            section = ".".join(p + "[]" if p + "[]" in arrays else p for p in parts)
+            continue
+        commented = re.match(r"^# (\w+) = ", line)
+        if commented:
+            found.add(f"{section}.{commented.group(1)}" if section else commented.group(1))
+    return found
+
+
+def test_full_example_has_every_key_and_passes_check() -> None:
+    """Every key of the models appears in the full example, which `pressured check` accepts."""
+    from pressured.cli.reference import FULL_EXAMPLE_PATH, iter_keys
+
+    missing = {key.dotted for key in iter_keys()} - _keys_in_toml(FULL_EXAMPLE_PATH.read_text())
+    assert missing == set()
+    done = run_cli("check", "-c", str(FULL_EXAMPLE_PATH))
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_key_has_a_description_and_appears_in_the_reference() -> None:
+    """No undocumented key: each has a description, and the reference lists it."""
+    from pressured.cli.reference import iter_keys, render_markdown
+
+    keys = list(iter_keys())
+    assert [key.dotted for key in keys if not key.description] == []
+    reference = render_markdown()
+    assert [key.dotted for key in keys if f"| `{key.name}` |" not in reference] == []
+
+
+def test_schema_from_check_accepts_the_full_example_and_rejects_a_typo() -> None:
+    """`pressured check --schema` is a JSON schema the full example satisfies and a typo
+    breaks."""
+    import tomllib
+
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extra")
+    done = run_cli("check", "--schema")
+    assert done.returncode == 0, done.stderr
+    schema = json.loads(done.stdout)
+    data = tomllib.loads((ROOT / "examples" / "pressured.full.toml").read_text())
+    jsonschema.validate(data, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**data, "daemon": {**data["daemon"], "lopo": "uvloop"}}, schema)
+
+
+# -- values from the environment, names the kernel can match ------------------------------------
+
+
+def test_env_lists_are_json() -> None:
+    """PRESSURED_GUARD__PROTECT_UIDS='[0, 33]' sets a list; bad JSON names the variable."""
+    settings = load_settings(None, environ={"PRESSURED_GUARD__PROTECT_UIDS": "[0, 33]"})
+    assert settings.guard.protect_uids == (0, 33)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"PRESSURED_GUARD__PROTECT_NAMES": '["sshd",'})
+    assert "PRESSURED_GUARD__PROTECT_NAMES" in str(caught.value)
+
+
+def test_protected_names_longer_than_comm_are_refused() -> None:
+    """A 16-character protect_names entry can never match comm: refused, shortened form named."""
+    with pytest.raises(ConfigError) as caught:
+        validate_settings({"guard": {"protect_names": ["sshd", "systemd-journald"]}})
+    assert caught.value.field == "guard.protect_names"
+    assert "'systemd-journal'" in caught.value.reason
+    validate_settings({"guard": {"protect_names": ["systemd-journal"]}})
+
+
+def test_kernel_keeps_15_characters_of_a_process_name(tmp_path: Path) -> None:
+    """The fact the rule above rests on: a program named with 16+ characters has a 15-character
+    comm (checked on the running kernel)."""
+    program = tmp_path / "sixteen-chars-xx"
+    program.symlink_to("/bin/cat")
+    done = subprocess.run(
+        [str(program), "/proc/self/comm"], capture_output=True, text=True, check=True
+    )
+    comm = done.stdout.strip()
+    assert comm == "sixteen-chars-x"
+
+
+def test_sidecar_mode_makes_the_default_scope_the_pod() -> None:
+    """daemon.mode = 'sidecar': scopes without a cgroup mean 'pod'; 'system' stays node-wide."""
+    settings = validate_settings({"daemon": {"mode": "sidecar"}})
+    assert [scope.cgroup for scope in settings.scopes] == ["pod"]
+    explicit = validate_settings({"daemon": {"mode": "sidecar"}, "scopes": [{"cgroup": "system"}]})
+    assert [scope.cgroup for scope in explicit.scopes] == [None]
