@@ -258,3 +258,36 @@ def test_sidecar_mode_makes_the_default_scope_the_pod() -> None:
     assert [scope.cgroup for scope in settings.scopes] == ["pod"]
     explicit = validate_settings({"daemon": {"mode": "sidecar"}, "scopes": [{"cgroup": "system"}]})
     assert [scope.cgroup for scope in explicit.scopes] == [None]
+
+
+# -- living beside what is already installed ----------------------------------------------------
+
+MIGRATING = sorted((ROOT / "examples" / "migrating").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", MIGRATING, ids=lambda path: path.name)
+def test_migration_examples_pass_check(path: Path) -> None:
+    """Each docs/migrating.md example passes `pressured check` with its policies loaded, and
+    starts in dry-run."""
+    done = run_cli("check", "-c", str(path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["daemon"]["dry_run"] is True
+
+
+def test_migration_guide_covers_each_tool_with_its_example() -> None:
+    """docs/migrating.md has a section and a linked example for every tool it replaces."""
+    guide = (ROOT / "docs" / "migrating.md").read_text()
+    for tool, example in (
+        ("earlyoom", "earlyoom.toml"),
+        ("nohang", "nohang.toml"),
+        ("systemd-oomd", "systemd-oomd.toml"),
+        ("oomd", "oomd.toml"),
+    ):
+        assert f"\n## {tool}\n" in guide
+        assert f"(../examples/migrating/{example})" in guide
+    assert {path.name for path in MIGRATING} == {
+        "earlyoom.toml",
+        "nohang.toml",
+        "systemd-oomd.toml",
+        "oomd.toml",
+    }
