@@ -29,7 +29,7 @@ from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, 
 from pressured.guard import Guard
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
-from pressured.kernel.memcg_v1 import describe_memory_source
+from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
@@ -118,7 +118,7 @@ class ScopeRunner:
         )
         if self.group is not None:
             # Hybrid hosts: say where memory figures come from (or that none do).
-            log.info("scope.memory_source", scope=self.name, **describe_memory_source(self.group))
+            log.info("scope.memory_source", scope=self.name, **resolve_memory_source(self.group))
         self.queue: asyncio.Queue[PressureEvent] = asyncio.Queue(QUEUE_SIZE)
         self.triggers: TriggerSet | None = None
         self.availability: AvailabilityMonitor | None = None

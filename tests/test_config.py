@@ -291,3 +291,28 @@ def test_migration_guide_covers_each_tool_with_its_example() -> None:
         "systemd-oomd.toml",
         "oomd.toml",
     }
+
+
+def test_check_reports_every_scopes_policy_problem_at_once(tmp_path: Path) -> None:
+    """Bad policy options in two scopes: `check` names both, not just the first."""
+    path = write(
+        tmp_path,
+        "[[scopes]]\ncgroup = '/a'\n[[scopes.policies]]\nname = 'oom_score'\n"
+        "options = { min_rss_mib = -1 }\n[[scopes]]\n[[scopes.policies]]\nname = 'nosuch'\n",
+    )
+    done = run_cli("check", "-c", str(path))
+    assert done.returncode == 2
+    assert "scopes.0.policies.0.options.min_rss_mib" in done.stderr
+    assert "scopes.1.policies.0.name" in done.stderr
+
+
+def test_check_reports_every_invalid_value_at_once(tmp_path: Path) -> None:
+    """Three bad values in one file: all three are printed, each with its field."""
+    path = write(
+        tmp_path,
+        "[daemon]\nio_threads = 99\nloop = 'trio'\n[metrics]\nport = 70000\n",
+    )
+    done = run_cli("check", "-c", str(path))
+    assert done.returncode == 2
+    for field in ("daemon.io_threads", "daemon.loop", "metrics.port"):
+        assert field in done.stderr

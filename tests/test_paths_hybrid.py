@@ -19,6 +19,7 @@ import pytest
 from pressured.config import load_settings
 from pressured.kernel import cgroupfs
 from pressured.kernel.cgroupfs import Cgroup, LayoutMode
+from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.testing.scratch import scratch_unavailable_reason
 
 LIMIT = 48 << 20
@@ -94,6 +95,8 @@ def test_scope_finds_v1_figures_of_its_members_when_memcg_is_not_mirrored(
     (scope,) = settings.scopes
     assert scope.memcg_v1 is None
     group = Cgroup(cgroupfs.discover_layout(), scope.cgroup or "/", scope.memcg_v1)
+    source = resolve_memory_source(group)
+    assert source["source"] == "v1"
     figures = group.memory()
     assert figures.source == "v1"
     assert figures.limit_bytes == LIMIT
@@ -146,3 +149,37 @@ def test_start_up_log_says_where_memory_figures_come_from(split_group: SplitGrou
         line = daemon.wait_for("scope.memory_source", timeout_s=60)
     assert line["source"] == "v1"
     assert line["path"] == str(split_group.v1_dir)
+
+
+@requires_hybrid
+def test_a_v1_group_shared_with_other_processes_lends_no_figures(split_group: SplitGroup) -> None:
+    """A v2 group whose members sit in a v1 memcg that also holds a process outside the group
+    gets no figures (they would describe more than the group), not the shared group's."""
+    layout = cgroupfs.discover_layout()
+    outsider_v2 = Cgroup(layout, f"{split_group.v2_path}-outsider").create()
+    outsider = subprocess.Popen(
+        [
+            "/bin/sh",
+            "-c",
+            f"echo $$ > {outsider_v2.file('cgroup.procs')}; "
+            f"echo $$ > {split_group.v1_dir / 'cgroup.procs'}; exec sleep 120",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while outsider.pid not in outsider_v2.members() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        group = Cgroup(layout, split_group.v2_path)
+        assert resolve_memory_source(group)["source"] == "none"
+        assert group.memcg_v1_path is None
+    finally:
+        outsider.kill()
+        outsider.wait(timeout=10)
+        for _attempt in range(50):
+            try:
+                outsider_v2.directory.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)

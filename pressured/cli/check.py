@@ -10,7 +10,12 @@ import argparse
 import json
 from typing import Any
 
-from pressured.cli.common import add_config_arguments, report_config_error, settings_from_args
+from pressured.cli.common import (
+    add_config_arguments,
+    config_path,
+    report_config_error,
+    settings_from_args,
+)
 from pressured.config import Settings, dump_settings
 from pressured.errors import ConfigError, KernelError, UnsafeFileError
 from pressured.kernel import cgroupfs, psi
@@ -45,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args, resolve_pod=False)
         if not args.no_policies:
-            from pressured.policies.chain import PolicyChain
-
-            for index, scope in enumerate(settings.scopes):
-                PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
+            check_policies(settings, config_path(args))
     except (ConfigError, UnsafeFileError) as exc:
         return report_config_error(exc)
     effective = dump_settings(settings)
@@ -65,11 +67,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_policies(settings: Settings, source: str | None = None) -> None:
+    """Load every scope's policy chain; raise one ConfigErrors with every scope's problem."""
+    from pressured.config import ConfigErrors
+    from pressured.policies.chain import PolicyChain
+
+    problems: list[tuple[str, str]] = []
+    for index, scope in enumerate(settings.scopes):
+        try:
+            PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
+        except ConfigErrors as exc:
+            problems.extend(exc.problems)
+        except ConfigError as exc:
+            problems.append((exc.field, exc.reason))
+    if problems:
+        raise ConfigErrors(problems, source)
+
+
 def scope_sources(settings: Settings) -> list[dict[str, Any]]:
     """For each scope, what it means on this host: the group (a ``pod`` scope resolved), and
     where its memory figures come from. Facts, not errors: a file is often checked elsewhere
     than where it runs."""
-    from pressured.kernel.memcg_v1 import describe_memory_source
+    from pressured.kernel.memcg_v1 import resolve_memory_source
     from pressured.podscope import POD_KEYWORD, find_pod_group
 
     proc_root = settings.daemon.proc_root
@@ -99,6 +118,6 @@ def scope_sources(settings: Settings) -> list[dict[str, Any]]:
         if not group.exists():
             info["problem"] = f"{group.directory} does not exist here"
         else:
-            info["memory"] = describe_memory_source(group)
+            info["memory"] = resolve_memory_source(group)
         out.append(info)
     return out

@@ -231,6 +231,9 @@ class Cgroup:
         # How memcg_v1_path was chosen: "configured", "mirrored" (None: the v2 path), or
         # "members" (found from the members' /proc/PID/cgroup; see kernel/memcg_v1.py).
         self.memcg_v1_origin: str | None = "configured" if memcg_v1_path else None
+        # Scope groups only (memcg_v1.resolve_memory_source turns it on): a policy's view of
+        # child groups must not borrow figures from a v1 group their siblings share.
+        self.discover_memcg_v1 = False
 
     def __repr__(self) -> str:
         return f"Cgroup({self.path!r})"
@@ -298,14 +301,14 @@ class Cgroup:
         candidate = _join(mount, self.memcg_v1_path or self.path)
         if candidate.is_dir():
             return candidate
-        if self.memcg_v1_origin == "configured":
+        if self.memcg_v1_origin == "configured" or not self.discover_memcg_v1:
             return None  # never second-guess the configuration
         # Not at the mirrored path: ask the members where their memory is accounted, and keep
         # the answer (a scope's snapshots pass memcg_v1_path on, so this runs once).
         from pressured.kernel.memcg_v1 import members_memcg_v1
 
         try:
-            found = members_memcg_v1(self.all_members())
+            found = members_memcg_v1(self.all_members(), mount)
         except (OSError, ValueError):  # unreadable group or procfs: no figures, as before
             return None
         if found is None:

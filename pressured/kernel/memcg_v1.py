@@ -10,11 +10,12 @@ them is the one whose figures describe the scope.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pressured.kernel.cgroupfs import Cgroup
+    from pressured.kernel.cgroupfs import Cgroup, Mount
 
 # Reading /proc/PID/cgroup of every member of a huge scope would cost more than it tells:
 # the first few hundred agree with the rest in any real layout.
@@ -48,18 +49,51 @@ def common_ancestor(paths: Iterable[str]) -> str | None:
     return None if common is None else "/" + "/".join(common)
 
 
-def members_memcg_v1(pids: Iterable[int], proc_root: str = "/proc") -> str | None:
+def _v1_pids(directory: str) -> set[int] | None:
+    """Every PID in a v1 group and its descendants; None when it cannot be read whole."""
+    pids: set[int] = set()
+    for dirpath, _dirnames, filenames in os.walk(directory):
+        if "cgroup.procs" not in filenames:
+            continue
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs"), encoding="ascii") as handle:
+                pids.update(int(word) for word in handle.read().split())
+        except FileNotFoundError:
+            continue  # removed mid-walk
+        except (OSError, ValueError):
+            return None
+    return pids
+
+
+def members_memcg_v1(
+    pids: Iterable[int], mount: Mount | None = None, proc_root: str = "/proc"
+) -> str | None:
     """The deepest v1 memory group holding every listed process, or None when there are no
-    members or they only share the root memcg (whose figures are the whole host's)."""
+    members, they only share the root memcg (whose figures are the whole host's), or the group
+    also holds processes that are not listed (its figures would not be the members' alone)."""
+    members = list(pids)
     paths = []
-    for count, pid in enumerate(pids):
-        if count >= MAX_MEMBERS_READ:
-            break
+    for pid in members[:MAX_MEMBERS_READ]:
         path = _memory_path(pid, proc_root)
         if path is not None:
             paths.append(path)
     found = common_ancestor(paths)
-    return None if found in (None, "/") else found
+    if found in (None, "/"):
+        return None
+    if mount is not None:
+        from pressured.kernel.cgroupfs import _join
+
+        held = _v1_pids(str(_join(mount, found)))
+        if held is None or not held <= set(members):
+            return None
+    return found
+
+
+def resolve_memory_source(group: Cgroup) -> dict[str, str]:
+    """Let this (scope) group find its v1 memcg from its members, now and whenever it is read
+    later (members may arrive after start-up), and say where its figures come from."""
+    group.discover_memcg_v1 = True
+    return describe_memory_source(group)
 
 
 def describe_memory_source(group: Cgroup) -> dict[str, str]:
@@ -75,12 +109,14 @@ def describe_memory_source(group: Cgroup) -> dict[str, str]:
         return {
             "source": "none",
             "path": "",
-            "how": "no v1 memcg at the mirrored path, none configured (memcg_v1), and the "
-            "members share no v1 group but the root: cgroup policies see no memory figures",
+            "how": "no v1 memcg at the mirrored path, none configured (memcg_v1), and no v1 "
+            "group holds the members alone (none yet, only the root, or shared with other "
+            "processes): cgroup policies see no memory figures for the scope",
         }
     how = {
         "configured": "memcg_v1 from the configuration",
         "mirrored": "the v1 group at the path mirroring the v2 group",
-        "members": "the deepest v1 group holding the scope's processes (/proc/PID/cgroup)",
+        "members": "the deepest v1 group holding the scope's processes and no others "
+        "(from /proc/PID/cgroup)",
     }[group.memcg_v1_origin or "mirrored"]
     return {"source": "v1", "path": str(directory), "how": how}
