@@ -118,3 +118,20 @@ def test_sidecar_daemon_refuses_to_start_without_the_pod_group_in_sight(
     assert done.returncode == 2
     assert b"scopes.0.cgroup" in done.stdout
     assert b"hostPath" in done.stdout
+
+
+WATCH_POD = (
+    "import asyncio; from pressured.watch import watch\n"
+    "async def main():\n"
+    "    async with watch('pod') as events:\n"
+    "        print({armed.path for armed in events.armed}.pop())\n"
+    "asyncio.run(main())\n"
+)
+
+
+def test_library_watch_pod_arms_the_pods_pressure_file(scratch: ScratchGroup) -> None:
+    """pressured.watch('pod') from inside a cgroup namespace arms the pod group's trigger."""
+    needs_unshare()
+    done = run_in(scratch, "ctr", ["unshare", "--cgroup", sys.executable, "-c", WATCH_POD])
+    assert done.returncode == 0
+    assert done.stdout.decode().strip() == str(scratch.group.pressure_path("memory"))
