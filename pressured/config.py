@@ -1,8 +1,12 @@
 """pressured's configuration: one frozen pydantic tree, unknown keys are errors.
 
 Precedence, lowest first: built-in defaults < TOML file < ``PRESSURED_*`` environment <
-command line. ``load_settings`` is the one entry point; every failure becomes a
-:class:`~pressured.errors.ConfigError` whose ``field`` is a dotted path (``scopes.0.levels.1``).
+command line. ``load_settings`` is the one entry point; an invalid configuration raises
+:class:`ConfigErrors` (a :class:`~pressured.errors.ConfigError`) listing every problem, each
+with its dotted path (``scopes.0.levels.1``) and the variable or flag that set it.
+
+Every field has a description: ``python -m pressured.cli.reference`` turns them into
+docs/configuration.md and examples/pressured.full.toml (tests fail when those drift).
 """
 
 from __future__ import annotations
@@ -717,7 +721,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     merged = dict(base)
     for key, value in override.items():
         current = merged.get(key)
-        indexed = isinstance(value, Mapping) and value and all(k.isdigit() for k in value)
+        indexed = isinstance(value, Mapping) and value and all(str(k).isdigit() for k in value)
         if indexed and isinstance(current, list | tuple | type(None)):
             merged[key] = _merge_indexed(list(current or [{}]), value)
         elif isinstance(value, Mapping) and isinstance(current, Mapping):

@@ -116,6 +116,11 @@ def find_pod_group(
             f"namespace, /proc/self/cgroup says 0::{own}), so the pod's group above it is "
             f"out of sight: {HOST_MOUNT_HINT}"
         )
+    if _parent(relative) == "/":
+        raise KernelError(
+            f"this process's group {relative} sits right under the root: there is no pod group "
+            "above it (outside a container, name the group in 'cgroup', or use 'system')"
+        )
     return PodGroup(_parent(relative), relative, f"parent of own group {relative}")
 
 
