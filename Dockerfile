@@ -3,7 +3,7 @@
 #   docker build -t pressured .
 #   docker run --rm --pid=host --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup \
 #       --cap-add KILL --cap-add SYS_RESOURCE --cap-add IPC_LOCK --cap-add SYS_PTRACE \
-#       --cap-add SYS_NICE --ulimit memlock=-1 -p 127.0.0.1:9464:9464 pressured
+#       --cap-add SYS_NICE --ulimit memlock=-1 -p 127.0.0.1:19464:19464 pressured
 #
 # It runs as root on purpose: it must signal, and read /proc of, processes of other users.
 # Root alone is not enough and not everything: the capabilities it uses are
@@ -32,8 +32,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --disable-pip-version-check /wheels/*.whl && rm -rf /wheels
 COPY examples/systemd/pressured.toml /etc/pressured/pressured.toml
-EXPOSE 9464
+EXPOSE 19464
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9464/healthz', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:19464/healthz', timeout=2)"]
 ENTRYPOINT ["pressured", "run"]
 CMD ["--config", "/etc/pressured/pressured.toml"]

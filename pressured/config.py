@@ -1,20 +1,39 @@
 """pressured's configuration: one frozen pydantic tree, unknown keys are errors.
 
 Precedence, lowest first: built-in defaults < TOML file < ``PRESSURED_*`` environment <
-command line. ``load_settings`` is the one entry point; every failure becomes a
-:class:`~pressured.errors.ConfigError` whose ``field`` is a dotted path (``scopes.0.levels.1``).
+command line. ``load_settings`` is the one entry point; an invalid configuration raises
+:class:`ConfigErrors` (a :class:`~pressured.errors.ConfigError`) listing every problem, each
+with its dotted path (``scopes.0.levels.1``) and the variable or flag that set it.
+
+Every field has a description: ``python -m pressured.cli.reference`` turns them into
+docs/configuration.md and examples/pressured.full.toml (tests fail when those drift).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from pressured.cgroup_paths import (
+    CgroupMounts,
+    Hierarchy,
+    host_cgroup_mounts,
+    normalize_cgroup_path,
+)
 from pressured.errors import ConfigError
 from pressured.kernel.psi import Resource, TriggerSpec
 
@@ -27,11 +46,53 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# -- validation rules shared by several sections ------------------------------------------------
+
+COMM_LENGTH = 15
+"""The kernel keeps the first 15 bytes of a process name (TASK_COMM_LEN 16 with the NUL)."""
+
+SCOPE_KEYWORDS = ("system", "pod")
+"""Words a scope's ``cgroup`` may be instead of a path: ``system`` (the whole host, node
+pressure) and ``pod`` (the cgroup holding this container's own cgroup, found at start-up)."""
+
+
+def _mounts(info: ValidationInfo) -> CgroupMounts:
+    """The cgroup mounts a path is read against: given by ``validate_settings`` (from the
+    configured proc_root), else this host's."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    mounts = context.get("cgroup_mounts")
+    return mounts if isinstance(mounts, CgroupMounts) else host_cgroup_mounts()
+
+
+def cgroup_path_rule(value: str, info: ValidationInfo, hierarchy: Hierarchy = "v2") -> str:
+    """Every cgroup named in the configuration goes through the one normalising function."""
+    return normalize_cgroup_path(value, hierarchy=hierarchy, mounts=_mounts(info))
+
+
+def comm_names_rule(names: tuple[str, ...]) -> tuple[str, ...]:
+    """A process name longer than comm can hold never matches: refuse it, say what would."""
+    for index, name in enumerate(names):
+        if not name:
+            raise ValueError(f"name {index} is empty")
+        if len(name.encode()) > COMM_LENGTH:
+            raise ValueError(
+                f"name {index} ({name!r}) is {len(name.encode())} bytes, but the kernel keeps "
+                f"only the first {COMM_LENGTH} of a process name (comm), so it can never match; "
+                f"write {name.encode()[:COMM_LENGTH].decode(errors='ignore')!r}, or match the "
+                "command line with protect_cmdline"
+            )
+    return names
+
+
 class LevelSettings(_Model):
     """One PSI trigger level: fire when tasks stalled ``threshold_ms`` within ``window_ms``."""
 
     name: str = Field(min_length=1, description="Name policies see in the event (e.g. 'some').")
-    kind: Literal["some", "full"] = "some"
+    kind: Literal["some", "full"] = Field(
+        default="some",
+        description="'some': at least one task stalled on memory; 'full': all non-idle tasks "
+        "stalled at once (the worse sign).",
+    )
     threshold_ms: float = Field(gt=0, description="Stall time within the window that fires.")
     window_ms: float = Field(ge=500, le=10_000, description="Tracking window (500 ms .. 10 s).")
 
@@ -65,7 +126,11 @@ def _default_levels() -> tuple[LevelSettings, ...]:
 class AvailabilitySettings(_Model):
     """Polling availability monitor (off by default: PSI triggers need no polling)."""
 
-    enabled: bool = False
+    enabled: bool = Field(
+        default=False,
+        description="Poll memory availability as well as PSI (earlyoom's way; PSI alone needs "
+        "no polling).",
+    )
     mem_available_percent: float = Field(
         default=5.0,
         ge=0,
@@ -85,9 +150,18 @@ class AvailabilitySettings(_Model):
         le=100,
         description="Cgroup scope: act when usage reaches this share of the limit.",
     )
-    min_interval_ms: float = Field(default=100, ge=10)
-    max_interval_ms: float = Field(default=1000, ge=10)
-    level: str = "memory"
+    min_interval_ms: float = Field(
+        default=100, ge=10, description="Shortest polling interval, used when memory is short."
+    )
+    max_interval_ms: float = Field(
+        default=1000,
+        ge=10,
+        description="Longest polling interval, used when memory is plentiful (the interval "
+        "shrinks as memory runs out).",
+    )
+    level: str = Field(
+        default="memory", description="Level name this monitor's events carry to the policies."
+    )
 
     @model_validator(mode="after")
     def _interval_order(self) -> AvailabilitySettings:
@@ -99,9 +173,22 @@ class AvailabilitySettings(_Model):
 class PolicySettings(_Model):
     """One link of a policy chain: a built-in name, an entry point or ``module:Class``."""
 
-    name: str = Field(min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict)
-    timeout_ms: float = Field(default=500, gt=0, le=60_000)
+    name: str = Field(
+        min_length=1,
+        description="A built-in policy ('oom_score', 'largest', ...; see `pressured policies`), "
+        "an installed plugin's entry point name, or 'package.module:Class'.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The policy's own options, checked against its options model "
+        "(`pressured policies NAME` lists them).",
+    )
+    timeout_ms: float = Field(
+        default=500,
+        gt=0,
+        le=60_000,
+        description="A decision slower than this is abandoned and the next policy asked.",
+    )
 
 
 def _default_policies() -> tuple[PolicySettings, ...]:
@@ -112,16 +199,33 @@ class ScopeSettings(_Model):
     """What to watch and whom to kill: the whole system or one cgroup v2 path."""
 
     cgroup: str | None = Field(
-        default=None, description="cgroup v2 path such as /jobs; None watches the whole system."
+        default=None,
+        description="The cgroup v2 group to watch and kill in: '/jobs', 'jobs', "
+        "'/sys/fs/cgroup/jobs' (a path under the mount) or '0::/jobs' (a /proc/PID/cgroup "
+        "line). 'system' (or leaving it out) watches node pressure and every visible process; "
+        "'pod' is the cgroup holding this container's own cgroup (a Kubernetes pod), found at "
+        "start-up. With daemon.mode = 'sidecar' a scope without 'cgroup' means 'pod'.",
     )
     memcg_v1: str | None = Field(
         default=None,
-        description="Hybrid hosts: the v1 memory cgroup path holding this scope's accounting "
-        "(default: the same path as 'cgroup' when it exists).",
+        description="Hybrid hosts (memory controller on cgroup v1): the v1 memory cgroup "
+        "holding this scope's accounting, as '/jobs', '/sys/fs/cgroup/memory/jobs' or "
+        "'4:memory:/jobs'. Left out: the v1 group at the same path as 'cgroup' when it exists, "
+        "else the deepest v1 group holding all the scope's processes (from /proc/PID/cgroup).",
     )
-    levels: tuple[LevelSettings, ...] = Field(default_factory=_default_levels)
-    availability: AvailabilitySettings = Field(default_factory=AvailabilitySettings)
-    policies: tuple[PolicySettings, ...] = Field(default_factory=_default_policies)
+    levels: tuple[LevelSettings, ...] = Field(
+        default_factory=_default_levels,
+        description="PSI trigger levels armed on the scope's pressure file (default: some "
+        "70 ms / full 700 ms per 1 s, lmkd's).",
+    )
+    availability: AvailabilitySettings = Field(
+        default_factory=AvailabilitySettings,
+        description="The polling availability monitor (off by default).",
+    )
+    policies: tuple[PolicySettings, ...] = Field(
+        default_factory=_default_policies,
+        description="The policy chain, asked in order until one names a victim.",
+    )
     recheck_interval_ms: float = Field(
         default=100, ge=10, description="Re-evaluate this often while an episode lasts."
     )
@@ -150,16 +254,19 @@ class ScopeSettings(_Model):
             )
         return value
 
-    @field_validator("cgroup", "memcg_v1")
+    @field_validator("cgroup")
     @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is None:
+    def _cgroup_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "system":
             return None
-        if not value.startswith("/"):
-            raise ValueError(f"must be an absolute cgroup path starting with '/', not {value!r}")
-        if ".." in value.split("/"):
-            raise ValueError("must not contain '..'")
-        return "/" + value.strip("/") if value.strip("/") else "/"
+        if value in SCOPE_KEYWORDS:
+            return value
+        return cgroup_path_rule(value, info)
+
+    @field_validator("memcg_v1")
+    @classmethod
+    def _memcg_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else cgroup_path_rule(value, info, "memory")
 
     @model_validator(mode="after")
     def _levels_unique(self) -> ScopeSettings:
@@ -182,7 +289,9 @@ class GuardSettings(_Model):
 
     protect_names: tuple[str, ...] = Field(
         default=("sshd", "systemd", "init", "pressured", "containerd", "dockerd", "kubelet"),
-        description="Exact process names (comm) never chosen.",
+        description="Exact process names (comm, at most 15 characters: the kernel keeps no "
+        "more) never chosen. Setting it REPLACES this default list: repeat the defaults you "
+        "still want.",
     )
     protect_cmdline: tuple[str, ...] = Field(
         default=(), description="Regular expressions searched in the command line."
@@ -190,13 +299,28 @@ class GuardSettings(_Model):
     protect_cgroups: tuple[str, ...] = Field(
         default=(), description="cgroup v2 paths whose processes (and subgroups) are protected."
     )
-    protect_uids: tuple[int, ...] = ()
+    protect_uids: tuple[int, ...] = Field(
+        default=(), description="User IDs whose processes are never chosen."
+    )
     cooldown_ms: float = Field(
         default=1000,
         ge=0,
         description="Settle delay after a victim is confirmed dead before the next kill.",
     )
-    max_kills_per_minute: int = Field(default=10, ge=1)
+    max_kills_per_minute: int = Field(
+        default=10, ge=1, description="At most this many kills in any 60 s; more are refused."
+    )
+
+    # Validation rules owned by the configuration (see "validation rules" above).
+    @field_validator("protect_names")
+    @classmethod
+    def _names_fit_comm(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return comm_names_rule(names)
+
+    @field_validator("protect_cgroups")
+    @classmethod
+    def _cgroup_paths(cls, paths: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        return tuple(cgroup_path_rule(path, info) for path in paths)
 
     @field_validator("protect_cmdline")
     @classmethod
@@ -210,10 +334,17 @@ class GuardSettings(_Model):
 
 
 class KillSettings(_Model):
+    """How a victim is killed."""
+
     sigterm_first: bool = Field(
         default=False, description="Send SIGTERM and wait grace_ms before SIGKILL."
     )
-    grace_ms: float = Field(default=3000, ge=0, le=600_000)
+    grace_ms: float = Field(
+        default=3000,
+        ge=0,
+        le=600_000,
+        description="With sigterm_first: how long a victim may take to exit after SIGTERM.",
+    )
     confirm_timeout_ms: float = Field(
         default=10_000, gt=0, description="How long to wait for the victim's exit."
     )
@@ -231,12 +362,27 @@ class KillSettings(_Model):
 
 
 class ReaperSettings(_Model):
+    """The reaper thread that sends SIGKILL and calls process_mrelease."""
+
     cpus: tuple[int, ...] = Field(
         default=(), description="CPUs the reaper thread is pinned to; empty means all allowed."
     )
-    nice: int | None = Field(default=None, ge=-20, le=19)
-    queue_size: int = Field(default=32, ge=1, le=4096)
-    mrelease_retries: int = Field(default=3, ge=0, le=100)
+    nice: int | None = Field(
+        default=None,
+        ge=-20,
+        le=19,
+        description="Nice value of the reaper thread; unset keeps the daemon's.",
+    )
+    queue_size: int = Field(
+        default=32, ge=1, le=4096, description="Kill jobs that may wait for the reaper thread."
+    )
+    mrelease_retries: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="process_mrelease retries when part of the memory could not be released "
+        "yet (EAGAIN).",
+    )
 
     @field_validator("cpus")
     @classmethod
@@ -250,22 +396,75 @@ class ReaperSettings(_Model):
         return cpus
 
 
+DaemonMode = Literal["host", "sidecar"]
+
+
 class DaemonSettings(_Model):
-    loop: LoopName = "uvloop"
-    dry_run: bool = False
-    log_format: LogFormat = "auto"
-    log_level: LogLevel = "info"
-    mlockall: bool = True
-    oom_score_adj: int | None = Field(default=-1000, ge=-1000, le=1000)
-    proc_root: str = "/proc"
-    io_threads: int = Field(default=2, ge=1, le=16)
-    shutdown_timeout_ms: float = Field(default=5000, gt=0)
+    """How the daemon runs."""
+
+    mode: DaemonMode = Field(
+        default="host",
+        description="'sidecar' (a container beside the application in its pod): a scope "
+        "without 'cgroup' watches the pod's own cgroup instead of node pressure. Kubernetes "
+        "manifests set PRESSURED_DAEMON__MODE=sidecar.",
+    )
+    loop: LoopName = Field(
+        default="uvloop", description="Event loop: uvloop, or the standard library's asyncio."
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Decide, log and journal every kill, but send no signal.",
+    )
+    log_format: LogFormat = Field(
+        default="auto",
+        description="'json' (one object per line), 'console' (readable), or 'auto': console "
+        "on a terminal, JSON otherwise.",
+    )
+    log_level: LogLevel = Field(default="info", description="Least severe level logged.")
+    mlockall: bool = Field(
+        default=True,
+        description="Lock the daemon's memory (mlockall) so it never stalls in reclaim itself "
+        "(needs CAP_IPC_LOCK).",
+    )
+    oom_score_adj: int | None = Field(
+        default=-1000,
+        ge=-1000,
+        le=1000,
+        description="The daemon's own oom_score_adj (-1000: the kernel never kills it); unset "
+        "leaves it alone.",
+    )
+    proc_root: str = Field(
+        default="/proc", description="Where procfs is mounted (tests point it elsewhere)."
+    )
+    io_threads: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Worker threads for /proc scans and file I/O, all created at start-up.",
+    )
+    shutdown_timeout_ms: float = Field(
+        default=5000,
+        gt=0,
+        description="How long a graceful stop may take before the rest is abandoned.",
+    )
+
+
+DEFAULT_METRICS_PORT = 19464
+"""Outside Prometheus' exporter range (9100-9999, every port of it allocated, 9464 to the
+OpenTelemetry exporter) and below Linux's ephemeral ports (32768+)."""
 
 
 class MetricsSettings(_Model):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=9464, ge=0, le=65535)
+    """The HTTP endpoint: /metrics, /healthz and /status."""
+
+    enabled: bool = Field(default=True, description="Serve the HTTP endpoint.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind; '0.0.0.0' in a pod, so probes reach the pod IP.",
+    )
+    port: int = Field(
+        default=DEFAULT_METRICS_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one."
+    )
     pressure_cache_s: float = Field(
         default=10.0,
         ge=10.0,
@@ -275,13 +474,20 @@ class MetricsSettings(_Model):
 
 
 class JournalSettings(_Model):
+    """The kill journal `pressured log` reads."""
+
     path: str | None = Field(default=None, description="Append each kill record as a JSON line.")
 
 
 class HookSettings(_Model):
     command: tuple[str, ...] = Field(default=(), description="Program and arguments; no shell.")
     url: str | None = Field(default=None, description="HTTP URL to POST the kill record to.")
-    timeout_ms: float = Field(default=2000, gt=0, le=60_000)
+    timeout_ms: float = Field(
+        default=2000,
+        gt=0,
+        le=60_000,
+        description="The hook is cut off after this long; a kill never waits longer for it.",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> HookSettings:
@@ -291,27 +497,71 @@ class HookSettings(_Model):
 
 
 class HooksSettings(_Model):
-    pre_kill: tuple[HookSettings, ...] = ()
-    post_kill: tuple[HookSettings, ...] = ()
+    """Programs or URLs told about kills."""
+
+    pre_kill: tuple[HookSettings, ...] = Field(
+        default=(), description="Run after a victim is chosen, before the signal."
+    )
+    post_kill: tuple[HookSettings, ...] = Field(
+        default=(), description="Run once the victim is dead (or the kill failed)."
+    )
 
 
 class WatchdogSettings(_Model):
-    enabled: bool = True
-    stall_limit_ms: float = Field(default=2000, ge=100)
+    """A thread that notices a stuck event loop and acts without it."""
+
+    enabled: bool = Field(default=True, description="Run the watchdog thread.")
+    stall_limit_ms: float = Field(
+        default=2000,
+        ge=100,
+        description="The event loop is declared stuck after this long without a sign of life.",
+    )
 
 
 class Settings(_Model):
     """The whole configuration. ``Settings()`` is a working default: watch the system."""
 
-    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-    scopes: tuple[ScopeSettings, ...] = Field(default_factory=lambda: (ScopeSettings(),))
-    guard: GuardSettings = Field(default_factory=GuardSettings)
-    kill: KillSettings = Field(default_factory=KillSettings)
-    reaper: ReaperSettings = Field(default_factory=ReaperSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    journal: JournalSettings = Field(default_factory=JournalSettings)
-    hooks: HooksSettings = Field(default_factory=HooksSettings)
-    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings, description="The daemon.")
+    scopes: tuple[ScopeSettings, ...] = Field(
+        default_factory=lambda: (ScopeSettings(),),
+        description="What to watch and where to kill; one entry per scope ([[scopes]]).",
+    )
+    guard: GuardSettings = Field(
+        default_factory=GuardSettings, description="What is never killed, and how often."
+    )
+    kill: KillSettings = Field(default_factory=KillSettings, description="How to kill.")
+    reaper: ReaperSettings = Field(default_factory=ReaperSettings, description="The reaper thread.")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="The HTTP endpoint."
+    )
+    journal: JournalSettings = Field(
+        default_factory=JournalSettings, description="The kill journal."
+    )
+    hooks: HooksSettings = Field(default_factory=HooksSettings, description="Kill hooks.")
+    watchdog: WatchdogSettings = Field(
+        default_factory=WatchdogSettings, description="The event-loop watchdog."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sidecar_scopes_default_to_pod(cls, data: Any) -> Any:
+        """In a sidecar, a scope that names no cgroup means the pod's own cgroup."""
+        if not isinstance(data, Mapping):
+            return data
+        daemon = data.get("daemon")
+        mode = daemon.get("mode") if isinstance(daemon, Mapping) else getattr(daemon, "mode", None)
+        if mode != "sidecar":
+            return data
+        scopes = data.get("scopes", [{}])
+        if not isinstance(scopes, list | tuple):
+            return data
+        adjusted = [
+            {**scope, "cgroup": "pod"}
+            if isinstance(scope, Mapping) and scope.get("cgroup") is None
+            else scope
+            for scope in scopes
+        ]
+        return {**data, "scopes": adjusted}
 
     @model_validator(mode="after")
     def _scopes_unique(self) -> Settings:
@@ -323,21 +573,64 @@ class Settings(_Model):
         return self
 
 
+# -- loading ------------------------------------------------------------------------------------
+
+
+class ConfigErrors(ConfigError):
+    """Every problem of one configuration at once. ``field``/``reason`` are the first problem's
+    (so code that reads one still works); ``problems`` holds all of them, in order."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        field, reason = problems[0]
+        if len(problems) > 1:
+            more = len(problems) - 1
+            reason += f" (and {more} more problem{'s' if more > 1 else ''})"
+        super().__init__(field, reason, source)
+        self.problems = tuple(problems)
+
+    def lines(self) -> list[str]:
+        return [f"{field}: {reason}" for field, reason in self.problems]
+
+
 def _field_path(location: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in location) or "<root>"
 
 
-def validate_settings(data: Mapping[str, Any], source: str | None = None) -> Settings:
-    """Build :class:`Settings` from plain data; raise ConfigError naming the first bad field."""
+def _origin_of(location: tuple[int | str, ...], origins: Mapping[tuple[str, ...], str]) -> str:
+    """Which environment variable or flag set the value at ``location`` ('' for the file)."""
+    parts = tuple(str(part) for part in location)
+    for path, origin in origins.items():
+        if parts[: len(path)] == path:
+            return origin
+    return ""
+
+
+def _validation_mounts(data: Mapping[str, Any]) -> CgroupMounts:
+    daemon = data.get("daemon")
+    proc_root = daemon.get("proc_root") if isinstance(daemon, Mapping) else None
+    return host_cgroup_mounts(proc_root if isinstance(proc_root, str) else "/proc")
+
+
+def validate_settings(
+    data: Mapping[str, Any],
+    source: str | None = None,
+    *,
+    origins: Mapping[tuple[str, ...], str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from plain data; raise :class:`ConfigErrors` naming every bad
+    field (and the environment variable or flag that set it, when one did)."""
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={"cgroup_mounts": _validation_mounts(data)})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
-        extra = len(exc.errors()) - 1
-        if extra:
-            message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
-        raise ConfigError(_field_path(tuple(first["loc"])), message, source) from None
+        problems = []
+        for error in exc.errors():
+            location = tuple(error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            origin = _origin_of(location, origins or {})
+            if origin:
+                message += f" (set by {origin})"
+            problems.append((_field_path(location), message))
+        raise ConfigErrors(problems, source) from None
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -358,25 +651,81 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
 ENV_PREFIX = "PRESSURED_"
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``PRESSURED_DAEMON__DRY_RUN=1`` -> ``{"daemon": {"dry_run": "1"}}`` (pydantic coerces)."""
+def _env_value(name: str, value: str) -> Any:
+    """A list or table may be given as JSON (``PRESSURED_GUARD__PROTECT_UIDS='[0, 33]'``);
+    anything else stays text for pydantic to coerce."""
+    if not value.lstrip().startswith(("[", "{")):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(
+            _env_field(name), f"looks like JSON but does not parse: {exc}", f"environment {name}"
+        ) from None
+
+
+def _env_path(name: str) -> list[str]:
+    return name[len(ENV_PREFIX) :].lower().split("__")
+
+
+def _env_field(name: str) -> str:
+    return ".".join(_env_path(name))
+
+
+def env_overrides_with_origins(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """``PRESSURED_DAEMON__DRY_RUN=1`` -> ``{"daemon": {"dry_run": "1"}}``, and which variable
+    set each path. A number picks a list entry: ``PRESSURED_SCOPES__0__CGROUP=/jobs``."""
     overrides: dict[str, Any] = {}
-    for key, value in environ.items():
+    origins: dict[tuple[str, ...], str] = {}
+    for key in sorted(environ):
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
+        path = _env_path(key)
+        if any(not part for part in path):
+            raise ConfigError(_env_field(key), "empty section name", f"environment {key}")
         node = overrides
         for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return overrides
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    _env_field(key), "another variable sets this section", f"environment {key}"
+                )
+            node = child
+        node[path[-1]] = _env_value(key, environ[key])
+        origins[tuple(path)] = f"environment variable {key}"
+    return overrides, origins
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``PRESSURED_DAEMON__DRY_RUN=1`` -> ``{"daemon": {"dry_run": "1"}}`` (pydantic coerces)."""
+    return env_overrides_with_origins(environ)[0]
+
+
+def _merge_indexed(base: list[Any], override: Mapping[str, Any]) -> list[Any]:
+    """Entries of a list overridden by index (``{"0": {...}}``), as environment names say."""
+    merged = list(base)
+    for index_text, value in override.items():
+        index = int(index_text)
+        while len(merged) <= index:
+            merged.append({})
+        if isinstance(value, Mapping) and isinstance(merged[index], Mapping):
+            merged[index] = deep_merge(merged[index], value)
+        else:
+            merged[index] = value
+    return merged
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        current = merged.get(key)
+        indexed = isinstance(value, Mapping) and value and all(str(k).isdigit() for k in value)
+        if indexed and isinstance(current, list | tuple | type(None)):
+            merged[key] = _merge_indexed(list(current or [{}]), value)
+        elif isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = value
     return merged
@@ -390,22 +739,24 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Defaults < file < environment < command line (``cgroup`` and ``overrides``)."""
+    source = str(path) if path is not None else None
     data: dict[str, Any] = read_toml(path) if path is not None else {}
-    data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
+    env_data, origins = env_overrides_with_origins(os.environ if environ is None else environ)
+    data = deep_merge(data, env_data)
     if cgroup is not None:
         data = with_cgroup_scope(data, cgroup)
+        origins = {("scopes", "0", "cgroup"): "--cgroup", **origins}
     if overrides:
         data = deep_merge(data, overrides)
-    return validate_settings(data, str(path) if path is not None else None)
+    return validate_settings(data, source, origins=origins)
 
 
 def with_cgroup_scope(data: Mapping[str, Any], cgroup: str) -> dict[str, Any]:
-    """``--cgroup PATH``: watch just that group. The first configured scope's levels and
-    policies are kept (only its path changes); other scopes are dropped."""
+    """``--cgroup PATH``: watch just that group. The first configured scope's levels, policies
+    and memcg_v1 are kept (only its path changes); other scopes are dropped."""
     scopes = data.get("scopes") or [{}]
     first = dict(scopes[0]) if isinstance(scopes[0], Mapping) else {}
     first["cgroup"] = cgroup
-    first.pop("memcg_v1", None)
     return {**data, "scopes": [first]}
 
 

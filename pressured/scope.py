@@ -29,6 +29,7 @@ from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, 
 from pressured.guard import Guard
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
+from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
@@ -115,6 +116,9 @@ class ScopeRunner:
             if settings.cgroup is not None and layout is not None
             else None
         )
+        if self.group is not None:
+            # Hybrid hosts: say where memory figures come from (or that none do).
+            log.info("scope.memory_source", scope=self.name, **resolve_memory_source(self.group))
         self.queue: asyncio.Queue[PressureEvent] = asyncio.Queue(QUEUE_SIZE)
         self.triggers: TriggerSet | None = None
         self.availability: AvailabilityMonitor | None = None

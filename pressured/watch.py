@@ -25,8 +25,9 @@ from typing import Literal
 
 import structlog
 
+from pressured.cgroup_paths import CgroupPathError, host_cgroup_mounts, normalize_cgroup_path
 from pressured.config import LevelSettings
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, PressureEvent
 from pressured.kernel import cgroupfs, psi
 from pressured.kernel.psi import Resource, TriggerSpec
@@ -35,6 +36,7 @@ from pressured.monitors.psi import ArmedTrigger, TriggerSet
 log = structlog.get_logger("pressured.watch")
 
 OWN_CGROUP = "own"
+POD_KEYWORD = "pod"
 QUEUE_SIZE = 64
 
 DEFAULT_WATCH_LEVELS = (
@@ -74,10 +76,30 @@ def systemd_trigger(environ: Mapping[str, str]) -> tuple[str, TriggerSpec] | Non
     return path, parse_trigger_text(text)
 
 
+def _normalized(requested: str, proc_root: str) -> str:
+    """The caller's cgroup in any accepted form, as a path inside the hierarchy."""
+    try:
+        return normalize_cgroup_path(requested, mounts=host_cgroup_mounts(proc_root))
+    except CgroupPathError as exc:
+        raise ConfigError("cgroup", str(exc)) from None
+
+
+def _pod_group(proc_root: str) -> str:
+    """The group holding the caller's own group (a container's pod); see podscope."""
+    from pressured.podscope import find_pod_group
+
+    try:
+        return find_pod_group(cgroupfs.discover_layout(proc_root), proc_root).path
+    except (KernelError, OSError) as exc:
+        raise ConfigError("cgroup", f"'{POD_KEYWORD}': {exc}") from None
+
+
 class watch:  # reads as a function at the call site: `async with watch() as events:`
     """Arm PSI triggers on a cgroup (default: the caller's own) or the system.
 
-    ``cgroup``: a v2 path like ``/jobs``, ``"system"`` for ``/proc/pressure/memory``, or
+    ``cgroup``: a v2 group in any form :mod:`pressured.cgroup_paths` accepts (``/jobs``,
+    ``/sys/fs/cgroup/jobs``, ``0::/jobs``), ``"pod"`` (the group holding the caller's own,
+    a container's pod), ``"system"`` for ``/proc/pressure/memory``, or
     :data:`OWN_CGROUP`. ``levels`` default to some 100 ms / full 500 ms per 2 s, which every
     kernel accepts without CAP_SYS_RESOURCE; windows the caller asks for are made legal the
     same way the daemon does it, and the change is logged (``trigger.adjusted``) and kept in
@@ -112,8 +134,12 @@ class watch:  # reads as a function at the call site: `async with watch() as eve
                 return [(spec.kind, path, spec)]
             own = cgroupfs.own_cgroup("self", self.proc_root)
             cgroup = own if own not in (None, "/") else SYSTEM_SCOPE
+        elif self.requested == SYSTEM_SCOPE:
+            cgroup = SYSTEM_SCOPE
+        elif self.requested == POD_KEYWORD:
+            cgroup = _pod_group(self.proc_root)
         else:
-            cgroup = self.requested
+            cgroup = _normalized(self.requested, self.proc_root)
         if cgroup == SYSTEM_SCOPE:
             path = str(psi.system_pressure_path(Resource.MEMORY, self.proc_root))
         else:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pressured.config import load_settings, validate_settings
+from pressured.config import MetricsSettings, load_settings, validate_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "examples" / "systemd" / "pressured.service"
@@ -139,7 +139,7 @@ def test_manifest_capabilities_and_probes(name: str) -> None:
     assert not security.get("privileged", False)
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] == "/healthz"
-    assert container["ports"][0]["containerPort"] == 9464
+    assert container["ports"][0]["containerPort"] == MetricsSettings().port
 
 
 def test_sidecar_shares_the_process_namespace() -> None:
@@ -171,6 +171,105 @@ def test_config_maps_hold_valid_configs_binding_all_addresses(name: str) -> None
     settings = validate_settings(tomllib.loads(config_map["data"]["pressured.toml"]))
     assert settings.metrics.host == "0.0.0.0"  # noqa: S104 -- asserting the sample's bind
     assert settings.metrics.enabled
+
+
+MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
+OTEL_PROMETHEUS_EXPORTER_PORT = 9464
+
+
+def kubernetes_schema_errors(doc: dict[str, Any]) -> str | None:
+    """The schema validator's complaint about one resource, None when it passes (strict:
+    unknown fields are errors too)."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is in the test extra"
+    )
+    try:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: path.name)
+def test_manifests_pass_the_kubernetes_schemas(path: Path) -> None:
+    """Every resource of every manifest validates against the Kubernetes API schemas."""
+    docs = load_yaml(path)
+    assert docs
+    problems = {
+        f"{doc['kind']}/{doc['metadata']['name']}": kubernetes_schema_errors(doc) for doc in docs
+    }
+    assert {name: why for name, why in problems.items() if why} == {}
+
+
+def test_schema_validator_catches_a_broken_manifest() -> None:
+    """The validator is real: a string port and a misspelt field are both rejected."""
+    (pod,) = load_yaml(KUBERNETES / "sidecar.yaml")
+    broken = json.loads(json.dumps(pod))
+    broken["spec"]["containers"][1]["ports"][0]["containerPort"] = "metrics"
+    assert kubernetes_schema_errors(broken) is not None
+    misspelt = json.loads(json.dumps(pod))
+    misspelt["spec"]["shareProcessNamespaces"] = True
+    assert kubernetes_schema_errors(misspelt) is not None
+
+
+def test_node_critical_class_comes_with_its_resource_quota() -> None:
+    """system-node-critical outside kube-system ships the ResourceQuota managed clusters need."""
+    docs = load_yaml(KUBERNETES / "daemonset.yaml")
+    (daemonset,) = [doc for doc in docs if doc["kind"] == "DaemonSet"]
+    priority = pod_spec(daemonset).get("priorityClassName")
+    namespace = daemonset["metadata"]["namespace"]
+    if priority is None or namespace == "kube-system":
+        return
+    quotas = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ResourceQuota" and doc["metadata"]["namespace"] == namespace
+    ]
+    selectors = [
+        expression
+        for quota in quotas
+        for expression in quota["spec"]["scopeSelector"]["matchExpressions"]
+    ]
+    assert any(
+        e["scopeName"] == "PriorityClass" and e["operator"] == "In" and priority in e["values"]
+        for e in selectors
+    )
+
+
+def test_sidecar_watches_its_pod_by_default() -> None:
+    """The sidecar selects sidecar mode in its environment, so its ConfigMap's scope is the
+    pod's cgroup, and mounts the host's cgroup tree to reach that group."""
+    (pod,) = load_yaml(KUBERNETES / "sidecar.yaml")
+    container = pressured_container(pod["spec"])
+    env = {item["name"]: item["value"] for item in container.get("env", [])}
+    assert env["PRESSURED_DAEMON__MODE"] == "sidecar"
+    (config_map,) = load_yaml(KUBERNETES / "configmap.yaml")
+    data = tomllib.loads(config_map["data"]["pressured.toml"])
+    settings = load_settings_from_data(data, env)
+    assert [scope.cgroup for scope in settings.scopes] == ["pod"]
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert volumes["cgroup"]["hostPath"]["path"] == "/sys/fs/cgroup"
+    assert mounts["cgroup"]["mountPath"] == "/sys/fs/cgroup"
+    assert not mounts["cgroup"].get("readOnly", False)
+
+
+def load_settings_from_data(data: dict[str, Any], env: dict[str, str]) -> Any:
+    from pressured.config import deep_merge, env_overrides
+
+    return validate_settings(deep_merge(data, env_overrides(env)))
+
+
+def test_metrics_port_is_not_the_opentelemetry_exporters() -> None:
+    """The default port, and every port the examples publish, is not 9464 (taken by the
+    OpenTelemetry Prometheus exporter)."""
+    assert MetricsSettings().port != OTEL_PROMETHEUS_EXPORTER_PORT
+    texts = [path.read_text() for path in MANIFESTS]
+    texts += [SAMPLE_CONFIG.read_text(), DOCKERFILE.read_text(), UNIT.read_text()]
+    assert not any(
+        str(OTEL_PROMETHEUS_EXPORTER_PORT) in text.replace("19464", "") for text in texts
+    )
+    assert load_settings(SAMPLE_CONFIG, environ={}).metrics.port == MetricsSettings().port
 
 
 # -- Dockerfile --------------------------------------------------------------------------------

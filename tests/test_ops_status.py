@@ -103,7 +103,7 @@ def test_no_daemon_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_default_url_from_settings() -> None:
     """Wildcard binds are reached on loopback; IPv6 hosts are bracketed."""
-    assert default_url(MetricsSettings()) == "http://127.0.0.1:9464"
+    assert default_url(MetricsSettings()) == "http://127.0.0.1:19464"
     wildcard = MetricsSettings(host="0.0.0.0", port=1)  # noqa: S104 -- the case under test
     assert default_url(wildcard) == "http://127.0.0.1:1"
     assert default_url(MetricsSettings(host="::", port=2)) == "http://[::1]:2"

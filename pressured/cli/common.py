@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from pressured.config import Settings, load_settings
+from pressured.config import ConfigErrors, Settings, load_settings
 from pressured.errors import ConfigError, UnsafeFileError
 from pressured.safety import check_not_world_writable
 
@@ -29,7 +29,9 @@ def add_config_arguments(
         parser.add_argument(
             "--cgroup",
             metavar="PATH",
-            help="watch one cgroup v2 group (e.g. /jobs) instead of the whole system",
+            help="watch one cgroup v2 group instead of the whole system: /jobs, jobs, "
+            "/sys/fs/cgroup/jobs (a path under the cgroup2 mount) or 0::/jobs (as "
+            "/proc/PID/cgroup prints it); 'pod' is this container's pod",
         )
     if daemon_flags:
         parser.add_argument(
@@ -68,16 +70,34 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"daemon": daemon} if daemon else {}
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Load and validate; raises ConfigError / UnsafeFileError with a field path or file."""
+def settings_from_args(args: argparse.Namespace, *, resolve_pod: bool = True) -> Settings:
+    """Load and validate; raises ConfigError / UnsafeFileError with a field path or file.
+
+    ``resolve_pod``: replace a ``cgroup = "pod"`` scope by the group it means on this host
+    (what ``run`` and ``rank`` need; ``check`` reports it separately)."""
     path = config_path(args)
     if path is not None:
         check_not_world_writable(path, what="configuration file")
-    return load_settings(path, cgroup=getattr(args, "cgroup", None), overrides=cli_overrides(args))
+    settings = load_settings(
+        path, cgroup=getattr(args, "cgroup", None), overrides=cli_overrides(args)
+    )
+    if resolve_pod:
+        from pressured.podscope import resolve_pod_scopes
+
+        settings, _pod = resolve_pod_scopes(settings)
+    return settings
 
 
 def report_config_error(exc: ConfigError | UnsafeFileError) -> int:
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigErrors) and len(exc.problems) > 1:
+        where = f" in {exc.source}" if exc.source else ""
+        print(
+            f"pressured: invalid configuration{where}: {len(exc.problems)} problems",
+            file=sys.stderr,
+        )
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+    elif isinstance(exc, ConfigError):
         where = f"{exc.source}: " if exc.source else ""
         print(
             f"pressured: invalid configuration: {where}{exc.field}: {exc.reason}", file=sys.stderr

@@ -14,6 +14,7 @@ from pressured.errors import ConfigError, UnsafeFileError
 from pressured.events import SYSTEM_SCOPE, EventSource, PressureEvent
 from pressured.guard import Guard
 from pressured.kernel import cgroupfs
+from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.policies.chain import PolicyChain
 from pressured.snapshot import take_snapshot
 
@@ -35,12 +36,17 @@ async def _rank(settings: Settings, level: str, top: int) -> list[dict[str, Any]
         event = PressureEvent(
             scope=scope.cgroup or SYSTEM_SCOPE, level=level, source=EventSource.MANUAL
         )
+        memcg_v1, memory_source = scope.memcg_v1, {"source": "system"}
+        if scope.cgroup is not None:
+            group = cgroupfs.Cgroup(layout, scope.cgroup, scope.memcg_v1)
+            memory_source = resolve_memory_source(group)
+            memcg_v1 = group.memcg_v1_path
         snapshot = take_snapshot(
             event,
             layout=layout,
             proc_root=settings.daemon.proc_root,
             cgroup_path=scope.cgroup,
-            memcg_v1_path=scope.memcg_v1,
+            memcg_v1_path=memcg_v1,
             read_scope_pressure=True,
             protection=guard.process_protection,
         )
@@ -53,6 +59,7 @@ async def _rank(settings: Settings, level: str, top: int) -> list[dict[str, Any]
         out.append(
             {
                 "scope": event.scope,
+                "memory_source": memory_source,
                 "policy": result.decision.policy,
                 "decision": result.decision.reason,
                 "would_kill": [v.describe() for v in result.decision.victims],

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         metavar="URL",
-        help="daemon base URL, e.g. http://127.0.0.1:9464 (default: metrics.host/port from "
+        help="daemon base URL, e.g. http://127.0.0.1:19464 (default: metrics.host/port from "
         "the config)",
     )
     parser.add_argument("--json", action="store_true", help="print the raw JSON")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +25,8 @@ from pressured.errors import KernelError, ParseError
 from pressured.kernel.psi import Pressure, read_pressure
 
 UNLIMITED = -1
+MEMCG_V1_SEARCH_INTERVAL_S = 10.0
+"""A scope whose members hold no v1 memcg of their own is searched again at most this often."""
 
 
 class LayoutMode(StrEnum):
@@ -228,6 +231,13 @@ class Cgroup:
         self.layout = layout
         self.path = "/" + path.strip("/") if path.strip("/") else "/"
         self.memcg_v1_path = memcg_v1_path
+        # How memcg_v1_path was chosen: "configured", "mirrored" (None: the v2 path), or
+        # "members" (found from the members' /proc/PID/cgroup; see kernel/memcg_v1.py).
+        self.memcg_v1_origin: str | None = "configured" if memcg_v1_path else None
+        # Scope groups only (memcg_v1.resolve_memory_source turns it on): a policy's view of
+        # child groups must not borrow figures from a v1 group their siblings share.
+        self.discover_memcg_v1 = False
+        self._memcg_v1_next_search = 0.0
 
     def __repr__(self) -> str:
         return f"Cgroup({self.path!r})"
@@ -293,6 +303,25 @@ class Cgroup:
         if mount is None:
             return None
         candidate = _join(mount, self.memcg_v1_path or self.path)
+        if candidate.is_dir():
+            return candidate
+        if self.memcg_v1_origin == "configured" or not self.discover_memcg_v1:
+            return None  # configured: never second-guessed; child groups: never borrow
+        if time.monotonic() < self._memcg_v1_next_search:
+            return None  # searched in vain a moment ago: not on every read of an episode
+        # Not at the mirrored path: ask the members where their memory is accounted, and keep
+        # the answer (a scope's snapshots pass memcg_v1_path on, so this runs once).
+        from pressured.kernel.memcg_v1 import members_memcg_v1
+
+        try:
+            found = members_memcg_v1(self.all_members(), mount)
+        except (OSError, ValueError):  # unreadable group or procfs: no figures, as before
+            return None
+        if found is None:
+            self._memcg_v1_next_search = time.monotonic() + MEMCG_V1_SEARCH_INTERVAL_S
+            return None
+        self.memcg_v1_path, self.memcg_v1_origin = found, "members"
+        candidate = _join(mount, found)
         return candidate if candidate.is_dir() else None
 
     def memory(self) -> MemoryFigures:

@@ -73,7 +73,7 @@ class OpsServer:
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 9464,
+        port: int = 19464,
         *,
         metrics: Metrics | None = None,
         health: HealthCheck | None = None,
