@@ -177,7 +177,8 @@ class Daemon:
             if self.server is not None:
                 await self.server.aclose()
             self.notifier.close()
-            self.io.shutdown(wait=True)
+            # The journal is closed by now; nothing queued on this thread is worth waiting for.
+            self.io.shutdown(wait=False, cancel_futures=True)
 
 
 async def serve(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:

@@ -83,24 +83,27 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except KeyboardInterrupt:
         structlog.get_logger("pressured").info("daemon.interrupted")
-        _exit_interrupted()
+        _exit_now(EXIT_INTERRUPTED)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _exit_interrupted() -> NoReturn:
-    """Exit 130 now; everything start-up set up was undone while the interrupt unwound.
+def _exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` now, once the daemon has stopped (or start-up has unwound).
 
-    Not ``return 130``: when a KeyboardInterrupt has passed through native code that runs
-    Python (pydantic-core, Cython modules), CPython marks it unhandled and, at exit, kills
-    itself with SIGINT instead of exiting with our status, so the status would depend on
-    where Ctrl-C landed.
+    The shutdown recipe (disarm, stop deciding, close policies and sinks, stop the reaper)
+    has run by then; what the interpreter would still do is join every worker thread, one of
+    which may be in the middle of a /proc read that a memory-starved host takes seconds to
+    answer, and tear down every module. Neither serves anyone, and SIGTERM must end the
+    process within a second. Also, when a KeyboardInterrupt has passed through native code
+    that runs Python (pydantic-core, Cython modules), CPython would kill itself with SIGINT
+    at exit instead of exiting with our status.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(code)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -121,4 +124,4 @@ def _run(args: argparse.Namespace) -> int:
     except PressuredError as exc:
         structlog.get_logger("pressured").error("controller.failed", error=str(exc))
         return 1
-    return 0
+    _exit_now(0)
