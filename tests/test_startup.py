@@ -9,16 +9,17 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pressured.policies.registry import BUILTIN_CLASSES, builtin_policies, builtin_policy
 from pressured.testing.daemon import Daemon, scope_config, write_config
 from pressured.testing.scratch import ScratchGroup
-
-pytestmark = [pytest.mark.kernel]
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
@@ -45,6 +46,7 @@ def _assert_clean_exit(daemon: Daemon, code: int) -> None:
     )
 
 
+@pytest.mark.kernel
 def test_dry_run_is_announced_before_any_other_output() -> None:
     """The first log line says dry_run=true, the second says no signal will be sent."""
     # Dry-run, system-wide scope: this test must kill nothing on the machine.
@@ -58,6 +60,7 @@ def test_dry_run_is_announced_before_any_other_output() -> None:
     assert daemon.stderr_text() == ""
 
 
+@pytest.mark.kernel
 def test_triggers_are_armed_before_http_is_served(scratch: ScratchGroup, tmp_path: Path) -> None:
     """Armed first, then the HTTP port served; controller.ready says how long since exec."""
     config = write_config(tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path))
@@ -81,6 +84,7 @@ def busy_port() -> Iterator[int]:
         holder.close()
 
 
+@pytest.mark.kernel
 def test_busy_port_is_a_config_error_before_anything_is_armed(
     scratch: ScratchGroup, tmp_path: Path, busy_port: int
 ) -> None:
@@ -93,6 +97,7 @@ def test_busy_port_is_a_config_error_before_anything_is_armed(
     assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
 
 
+@pytest.mark.kernel
 def test_unwritable_journal_is_a_config_error_before_anything_is_armed(
     scratch: ScratchGroup, tmp_path: Path
 ) -> None:
@@ -126,6 +131,7 @@ class SlowPolicy(BasePolicy):
 """
 
 
+@pytest.mark.kernel
 def test_ctrl_c_while_a_policy_plugin_loads_exits_130_without_traceback(
     scratch: ScratchGroup, tmp_path: Path
 ) -> None:
@@ -162,6 +168,7 @@ def _open_writer_when_read(fifo: Path, deadline: float) -> int:
             time.sleep(0.01)
 
 
+@pytest.mark.kernel
 def test_ctrl_c_while_reading_the_configuration_exits_130_without_traceback(
     tmp_path: Path,
 ) -> None:
@@ -180,6 +187,7 @@ def test_ctrl_c_while_reading_the_configuration_exits_130_without_traceback(
     assert code == EXIT_INTERRUPTED
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.3])
 def test_ctrl_c_at_any_moment_of_start_up_stops_cleanly(
     scratch: ScratchGroup, tmp_path: Path, delay_s: float
@@ -199,3 +207,57 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_cleanly(
         daemon.signal(signal.SIGINT)
         code = daemon._running().wait(15)
     _assert_clean_exit(daemon, code)
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+OPERATIONS_MODULES = {
+    "prometheus_client",
+    "aiofiles",
+    "pressured.ops.metrics",
+    "pressured.ops.http",
+    "pressured.ops.journal",
+    "pressured.ops.hooks",
+    "pressured.doctor",
+}
+
+
+def test_the_daemon_module_loads_nothing_that_is_not_needed_to_act() -> None:
+    """Importing what `pressured run` needs to arm leaves metrics, HTTP, journal, hooks,
+    doctor (and their dependencies) for after arming."""
+    loaded = _modules_after("import pressured.cli.run, pressured.daemon")
+    assert "pressured.controller" in loaded  # the check sees real imports
+    assert not (OPERATIONS_MODULES & loaded), sorted(OPERATIONS_MODULES & loaded)
+
+
+def test_resolving_one_builtin_policy_imports_only_its_module() -> None:
+    """A configuration naming oom_score does not import the five other built-in policies."""
+    loaded = _modules_after("from pressured.policies.registry import resolve\nresolve('oom_score')")
+    assert "pressured.policies.oom_score" in loaded
+    others = {m for m in loaded if m.startswith("pressured.policies.")} & {
+        "pressured.policies.largest",
+        "pressured.policies.adj_tiers",
+        "pressured.policies.swap_usage",
+        "pressured.policies.cgroup_size_growth",
+        "pressured.policies.cgroup_pressure",
+    }
+    assert not others, sorted(others)
+
+
+def test_builtin_policy_table_matches_the_builtin_policies() -> None:
+    """The name -> module table used at start-up names exactly the built-in classes."""
+    classes = builtin_policies()
+    assert set(BUILTIN_CLASSES) == set(classes)
+    for name, cls in classes.items():
+        assert builtin_policy(name) is cls
+    assert builtin_policy("no_such_policy") is None
