@@ -45,7 +45,7 @@ TABLE_IDS = {
     "reaction": ("reaction", "reaction_split", "reaction_files"),
     "episodes": ("episodes", "episodes_pollers"),
     "idle": ("idle",),
-    "startup": ("startup_times", "startup_imports"),
+    "startup": ("startup_times", "startup_trigger_close", "startup_imports"),
 }
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 

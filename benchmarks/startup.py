@@ -23,7 +23,6 @@ import compileall
 import contextlib
 import json
 import os
-import queue
 import resource
 import signal
 import subprocess
@@ -95,6 +94,7 @@ IMPORT_ROWS: tuple[tuple[str, str], ...] = (
 @dataclass
 class StartRun:
     scenario: str
+    first_line_s: float | None = None
     ready_s: float | None = None
     since_exec_s: float | None = None
     first_kill_s: float | None = None
@@ -109,7 +109,9 @@ class FollowedDaemon:
     def __init__(self, config: Path, prefix: tuple[str, ...] = ()) -> None:
         self.argv = [*prefix, sys.executable, "-m", "pressured", "run", "--log-format", "json"]
         self.argv += ["--config", str(config)]
-        self.lines: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue()
+        self.history: list[tuple[float, dict[str, Any]]] = []
+        self._changed = threading.Condition()
+        self._ended = False
         self.proc: subprocess.Popen[str] | None = None
         self.exec_at = 0.0
 
@@ -128,22 +130,32 @@ class FollowedDaemon:
             with contextlib.suppress(json.JSONDecodeError):
                 line = json.loads(raw)
                 if isinstance(line, dict):
-                    self.lines.put((time.monotonic(), line))
-        self.lines.put(None)
+                    with self._changed:
+                        self.history.append((time.monotonic(), line))
+                        self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
 
     def wait_for(self, event: str, timeout_s: float) -> tuple[float, dict[str, Any]] | None:
-        """(seconds since exec, line) of the next line named ``event``, or None."""
+        """(seconds since exec, line) of the first line named ``event`` (a kill can be logged
+        before ``controller.ready``: the scopes run as soon as they are armed), or None."""
         deadline = time.monotonic() + timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                item = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                return None
-            if item is None:
-                return None
-            arrived, line = item
-            if line.get("event") == event:
-                return arrived - self.exec_at, line
+        with self._changed:
+            while True:
+                for arrived, line in self.history:
+                    if line.get("event") == event:
+                        return arrived - self.exec_at, line
+                remaining = deadline - time.monotonic()
+                if self._ended or remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def index_of(self, event: str) -> int | None:
+        with self._changed:
+            for index, (_arrived, line) in enumerate(self.history):
+                if line.get("event") == event:
+                    return index
         return None
 
     def terminate(self) -> tuple[float, int]:
@@ -197,6 +209,8 @@ def one_start(
                 run.notes.append("no controller.ready")
                 return run
             run.ready_s = ready[0]
+            first = daemon.wait_for("daemon.starting", 0)
+            run.first_line_s = first[0] if first is not None else None
             since = ready[1].get("since_exec_ms")
             run.since_exec_s = since / 1000 if isinstance(since, int | float) else None
             if thrash:
@@ -205,6 +219,12 @@ def one_start(
                     run.notes.append("no kill")
                 else:
                     run.first_kill_s = killed[0]
+                    kill_at, ready_at = (
+                        daemon.index_of("victim.killed"),
+                        daemon.index_of("controller.ready"),
+                    )
+                    if kill_at is not None and ready_at is not None and kill_at < ready_at:
+                        run.notes.append("killed before the ready line")
             run.exit_s, run.exit_code = daemon.terminate()
         finally:
             daemon.kill()
@@ -315,6 +335,39 @@ def loaded_files() -> list[str]:
     return [path for path in json.loads(done.stdout) if os.path.isfile(path)]
 
 
+# -- the floor of SIGTERM -> exit --------------------------------------------------------------
+def trigger_close_table(closes: int) -> tuple[Table, dict[str, Any]]:
+    """What closing one PSI trigger fd costs (the daemon closes one per armed trigger when it
+    stops, and the kernel would at exit anyway), beside closing a plain fd of the same file."""
+    samples: dict[str, list[float]] = {"PSI trigger fd": [], "same file, no trigger": []}
+    with ScratchGroup(GROUP_LIMIT) as scratch:
+        path = str(scratch.group.directory / "memory.pressure")
+        for _ in range(closes):
+            for label, spec in (
+                ("PSI trigger fd", b"some 150000 2000000\0"),
+                ("same file, no trigger", None),
+            ):
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                if spec is not None:
+                    os.write(fd, spec)
+                began = time.perf_counter()
+                os.close(fd)
+                samples[label].append((time.perf_counter() - began) * 1000)
+    table = Table(
+        "startup_trigger_close",
+        "Stop floor: close() of one fd on a cgroup's memory.pressure (ms)",
+        ["fd", "closes", "median", "max"],
+    )
+    for label, values in samples.items():
+        summary = Summary.of(values)
+        table.rows.append([label, str(summary.n), fmt_ms(summary.median), fmt_ms(summary.max)])
+    table.notes.append(
+        "Closing a trigger fd waits in the kernel (psi_trigger_destroy); the daemon pays it once "
+        "per armed trigger (two levels per scope, plus the watchdog's) when it disarms."
+    )
+    return table, samples
+
+
 # -- the section -------------------------------------------------------------------------------
 def _summary_cells(values: list[float | None]) -> list[str]:
     seen = [v * 1000 for v in values if v is not None]
@@ -371,6 +424,7 @@ def run(config: Config, progress: Progress) -> Section:
         [
             "scenario",
             "runs",
+            "exec->first log line median",
             "exec->ready median",
             "exec->ready max",
             "since_exec_ms median",
@@ -384,6 +438,7 @@ def run(config: Config, progress: Progress) -> Section:
         [
             "baseline: python -c 'import json, asyncio' (exec->exit)",
             str(len(baseline)),
+            "-",
             *_summary_cells(list(baseline)),
             "-",
             "-",
@@ -398,6 +453,7 @@ def run(config: Config, progress: Progress) -> Section:
             [
                 scenario.name,
                 str(len(mine)),
+                _summary_cells([r.first_line_s for r in mine])[0],
                 *_summary_cells([r.ready_s for r in mine]),
                 _summary_cells([r.since_exec_s for r in mine])[0],
                 *_summary_cells([r.first_kill_s for r in mine]),
@@ -405,7 +461,9 @@ def run(config: Config, progress: Progress) -> Section:
             ]
         )
     times.notes += [
-        "exec->ready: from just before fork/exec to the arrival of the controller.ready log "
+        "exec->first log line: interpreter start, the CLI's imports and the configuration "
+        "loaded (daemon.starting). exec->ready: from just before fork/exec to the arrival "
+        "of the controller.ready log "
         "line on the pipe; since_exec_ms is the daemon's own figure (/proc/self/stat start "
         "time, 10 ms ticks). Triggers are armed before that line; HTTP, metrics, journal and "
         "hooks start after it.",
@@ -419,11 +477,13 @@ def run(config: Config, progress: Progress) -> Section:
         "thrasher's.",
     ]
     imports, import_raw = import_table(pairs)
-    section.tables += [times, imports]
+    closes, close_raw = trigger_close_table(3 if config.smoke else 20)
+    section.tables += [times, closes, imports]
     section.raw = {
         "runs": [r.__dict__ for r in runs],
         "baseline_exec_s": baseline,
         "imports": import_raw,
+        "trigger_close_ms": close_raw,
         "rusage_self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
     _targets(section, runs)

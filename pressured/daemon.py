@@ -128,7 +128,15 @@ class Daemon:
                 status=self.controller.status,
                 executor=self.io,
             )
-            await self.server.start(sock=listener)
+            try:
+                await self.server.start(sock=listener)
+            except OSError as exc:
+                listener.close()
+                raise ConfigError(
+                    "metrics.port",
+                    f"cannot serve on {settings.metrics.host}:{settings.metrics.port}: "
+                    f"{exc.strerror}",
+                ) from None
             log.info("ops.listening", url=self.server.url)
 
     def _watch_scopes(self) -> None:
