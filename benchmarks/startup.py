@@ -196,6 +196,9 @@ def one_start(
     run = StartRun(scenario)
     with ScratchGroup(GROUP_LIMIT) as scratch:
         if thrash:
+            # The previous run's group left the file's pages cached (charged to the parent
+            # once its group went): resident pages never fault, so drop them first.
+            evict_from_cache(THRASH_FILE)
             scratch.spawn_workload("thrash", THRASH_FILE)
             time.sleep(1.0)  # let the thrash settle into steady refaulting
         for path in cold:
