@@ -15,7 +15,10 @@ Sections, one module each, in the order an event travels backwards from the user
 * :mod:`benchmarks.episodes`: real page-cache thrash watched by ``pressured run``, onset of
   stall -> kill -> memory back, beside polling loops at 100 ms and 1 s on the same episodes;
 * :mod:`benchmarks.idle`: CPU time, wake-ups and RSS of the idle daemon on uvloop and the
-  stdlib loop, beside an idle interpreter and a 100 ms polling loop.
+  stdlib loop, beside an idle interpreter and a 100 ms polling loop;
+* :mod:`benchmarks.startup`: exec -> armed -> first kill and SIGTERM -> exit of a restarted
+  daemon, quiet, beside a thrasher and with its files evicted, beside a bare interpreter, and
+  the import cost of each dependency.
 
 Timings are never test assertions: ``tests/test_benchmarks_smoke.py`` only checks that the
 smoke mode runs and writes well-formed results.

@@ -19,6 +19,7 @@ SECTION_TITLES = {
     "reaction": "2. Reaction: trigger event to SIGKILL sent",
     "episodes": "3. End to end under real pressure",
     "idle": "4. Idle cost",
+    "startup": "5. Start-up: exec to armed to first kill, and SIGTERM to exit",
 }
 COMMANDS = (
     "python3 -m benchmarks                      # full run (root), regenerates BENCHMARKS.md",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import episodes, idle, reaction, relief
+from benchmarks import episodes, idle, reaction, relief, startup
 from benchmarks.common import (
     REPO,
     Config,
@@ -38,12 +38,14 @@ SECTIONS: dict[str, Runner] = {
     "reaction": reaction.run,
     "episodes": episodes.run,
     "idle": idle.run,
+    "startup": startup.run,
 }
 TABLE_IDS = {
     "relief": ("relief",),
     "reaction": ("reaction", "reaction_split", "reaction_files"),
     "episodes": ("episodes", "episodes_pollers"),
     "idle": ("idle",),
+    "startup": ("startup_times", "startup_trigger_close", "startup_imports"),
 }
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 

@@ -34,6 +34,7 @@ from pressured.reaper import Reaper, ThreadInfo
 from pressured.scope import ScopeRunner
 from pressured.selfprotect import lock_memory, protect_from_oom
 from pressured.snapshot import RecentKill
+from pressured.startclock import seconds_since_exec
 from pressured.watchdog import Watchdog, watched_scope
 
 if TYPE_CHECKING:
@@ -205,8 +206,10 @@ class Controller:
         if self._main in done:
             ready.cancel()
             await self._main  # re-raise the crash
+        since_exec_s = seconds_since_exec()
         log.info(
             "controller.ready",
+            since_exec_ms=None if since_exec_s is None else round(since_exec_s * 1000, 1),
             scopes=[runner.name for runner in self.scopes],
             privileged_triggers=self.privileged,
             dry_run=settings.daemon.dry_run,
@@ -353,6 +356,17 @@ class Controller:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    # -- operations attached after arming (the daemon arms first) ------------------------
+    def add_sink(self, sink: Sink) -> None:
+        """Feed ``sink`` too from now on; it is closed by :meth:`stop` like the others."""
+        self._sinks.append(sink)
+
+    def attach_metrics(self, metrics: Metrics) -> None:
+        """Record decision timings in ``metrics`` from now on (also after a reload)."""
+        self.metrics = metrics
+        for runner in self.scopes:
+            runner.metrics = metrics
 
     # -- signals --------------------------------------------------------------------------
     def _install_signals(self) -> None:

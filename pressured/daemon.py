@@ -1,27 +1,41 @@
 """``pressured.run``: the daemon. The only place a loop is created, and where the operations
 pieces (metrics, HTTP endpoints, kill journal, hooks, systemd notifications) are put around the
 controller. Library users who embed a :class:`~pressured.controller.Controller` choose their own.
+
+Start-up is part of reaction: a daemon restarted by systemd or the kubelet in the middle of a
+memory crisis acts only once armed, and under pressure every module it imports is read back
+from disk. So the order is: configuration, then the cheap checks that can still fail because of
+it (:mod:`pressured.preflight`: bind the port, create the journal), then the controller armed
+(triggers, reaper, I/O threads, the policies of every chain), and only then the operations
+pieces, imported at that moment. Until they exist, a :class:`~pressured.ops.backlog.Backlog`
+holds what the controller publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import structlog
 
 from pressured.config import Settings
-from pressured.controller import Controller
+from pressured.controller import SINK_TIMEOUT_S, Controller
 from pressured.errors import ConfigError
 from pressured.loops import run_on
 from pressured.ops import Sink
-from pressured.ops.hooks import HookRunner
-from pressured.ops.http import OpsServer
-from pressured.ops.journal import KillJournal
-from pressured.ops.metrics import Metrics
+from pressured.ops.backlog import Backlog
 from pressured.ops.sdnotify import Notifier, run_watchdog, watchdog_interval
+from pressured.preflight import check_journal_path, reserve_port
+
+if TYPE_CHECKING:
+    from pressured.ops.hooks import HookRunner
+    from pressured.ops.http import OpsServer
+    from pressured.ops.journal import KillJournal
+    from pressured.ops.metrics import Metrics
 
 log = structlog.get_logger("pressured.daemon")
 
@@ -34,44 +48,100 @@ class Daemon:
         # One owned thread for the journal's fsyncs and /metrics rendering: neither may block
         # the loop, and neither may create a thread when memory is short.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="pressured-ops")
-        self.metrics = Metrics(
-            pressure_cache_s=settings.metrics.pressure_cache_s, loop_name=settings.daemon.loop
-        )
-        self.journal = (
-            KillJournal(settings.journal.path, self.io, on_error=self.metrics.journal_failed)
-            if settings.journal.path
-            else None
-        )
-        self.hooks = HookRunner(settings.hooks, observer=self.metrics.observe_hook)
         self.notifier = Notifier.from_env(unset=True)
-        sinks: list[Sink] = [self.metrics, self.hooks]
-        if self.journal is not None:
-            sinks.append(self.journal)
+        self.backlog = Backlog()
+        self.metrics: Metrics | None = None
+        self.journal: KillJournal | None = None
+        self.server: OpsServer | None = None
+        # A pre-kill hook sits on the kill path, so its runner is needed to act: build it
+        # before arming. Without one, hooks are set up with the other operations pieces.
+        self.hooks: HookRunner | None = None
+        if settings.hooks.pre_kill:
+            from pressured.ops.hooks import HookRunner
+
+            self.hooks = HookRunner(settings.hooks, observer=self._observe_hook)
         self.controller = Controller(
             settings,
             reload=reload,
             handle_signals=True,
             protect_self=True,
-            sinks=sinks,
-            metrics=self.metrics,
-            pre_kill=self.hooks.pre_kill if settings.hooks.pre_kill else None,
+            sinks=[self.backlog],
+            pre_kill=self.hooks.pre_kill if self.hooks is not None else None,
             after_reload=self._after_reload,
             on_stop=self.notifier.stopping,
         )
-        self.server = (
-            OpsServer(
+
+    def _observe_hook(self, stage: str, outcome: str, duration_s: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_hook(stage, outcome, duration_s)
+
+    def _preflight(self) -> socket.socket | None:
+        """What can fail because of the operations settings, checked before anything is armed.
+        Returns the bound listening socket for the HTTP server, if enabled."""
+        if self.settings.journal.path:
+            check_journal_path(self.settings.journal.path)
+        if not self.settings.metrics.enabled:
+            return None
+        return reserve_port(self.settings.metrics.host, self.settings.metrics.port)
+
+    async def _start_operations(self, listener: socket.socket | None) -> None:
+        """Metrics, hooks, journal and HTTP: imported and started once the controller is armed."""
+        from pressured.ops.metrics import Metrics
+
+        settings = self.settings
+        self.metrics = metrics = Metrics(
+            pressure_cache_s=settings.metrics.pressure_cache_s, loop_name=settings.daemon.loop
+        )
+        sinks: list[Sink] = [metrics]
+        if self.hooks is None and settings.hooks.post_kill:
+            from pressured.ops.hooks import HookRunner
+
+            self.hooks = HookRunner(settings.hooks, observer=self._observe_hook)
+        if self.hooks is not None:
+            sinks.append(self.hooks)
+        if settings.journal.path:
+            from pressured.ops.journal import KillJournal
+
+            self.journal = KillJournal(
+                settings.journal.path, self.io, on_error=metrics.journal_failed
+            )
+            sinks.append(self.journal)
+        await self.backlog.hand_over(sinks, SINK_TIMEOUT_S)
+        # No await between the hand-over and here: nothing published falls in between.
+        for sink in sinks:
+            self.controller.add_sink(sink)
+        self.controller.attach_metrics(metrics)
+        self._watch_scopes()
+        if self.journal is not None:
+            try:
+                await self.journal.start()
+            except OSError as exc:
+                raise ConfigError("journal.path", f"cannot open: {exc.strerror}") from None
+        if listener is not None:
+            from pressured.ops.http import OpsServer
+
+            self.server = OpsServer(
                 settings.metrics.host,
                 settings.metrics.port,
-                metrics=self.metrics,
+                metrics=metrics,
                 health=self.controller.health,
                 status=self.controller.status,
                 executor=self.io,
             )
-            if settings.metrics.enabled
-            else None
-        )
+            try:
+                await self.server.start(sock=listener)
+            except OSError as exc:
+                listener.close()
+                raise ConfigError(
+                    "metrics.port",
+                    f"cannot serve on {settings.metrics.host}:{settings.metrics.port}: "
+                    f"{exc.strerror}",
+                ) from None
+            log.info("ops.listening", url=self.server.url)
 
     def _watch_scopes(self) -> None:
+        if self.metrics is None:
+            return
         for runner in self.controller.scopes:
             armed = runner.triggers.armed if runner.triggers else ()
             self.metrics.set_triggers(runner.name, len(armed))
@@ -86,26 +156,16 @@ class Daemon:
 
     async def serve(self) -> None:
         ping: asyncio.Task[None] | None = None
+        listener: socket.socket | None = None
         try:
-            # Bind and open first: a busy port or an unwritable journal fails before anything
-            # is armed, as a configuration error naming the field.
-            if self.server is not None:
-                try:
-                    await self.server.start()
-                except OSError as exc:
-                    raise ConfigError(
-                        "metrics.port",
-                        f"cannot listen on {self.settings.metrics.host}:"
-                        f"{self.settings.metrics.port}: {exc.strerror}",
-                    ) from None
-                log.info("ops.listening", url=self.server.url)
-            if self.journal is not None:
-                try:
-                    await self.journal.start()
-                except OSError as exc:
-                    raise ConfigError("journal.path", f"cannot open: {exc.strerror}") from None
+            # 1. A busy port or an unwritable journal fails here, as a configuration error
+            #    naming the field, before any trigger is armed.
+            listener = self._preflight()
+            # 2. Armed: from here on the daemon reacts.
             await self.controller.start()
-            self._watch_scopes()
+            # 3. Everything that is not needed to act.
+            await self._start_operations(listener)
+            listener = None  # the server owns it now
             armed = sum(len(r.triggers.armed) for r in self.controller.scopes if r.triggers)
             self.notifier.ready(status=f"{armed} trigger(s) armed")
             interval = watchdog_interval()
@@ -115,6 +175,8 @@ class Daemon:
                 )
             await self.controller.serve()
         finally:
+            if listener is not None:
+                listener.close()
             if ping is not None:
                 ping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -123,7 +185,8 @@ class Daemon:
             if self.server is not None:
                 await self.server.aclose()
             self.notifier.close()
-            self.io.shutdown(wait=True)
+            # The journal is closed by now; nothing queued on this thread is worth waiting for.
+            self.io.shutdown(wait=False, cancel_futures=True)
 
 
 async def serve(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:

@@ -17,6 +17,7 @@ SECTIONS = {
     "reaction": ("reaction", "reaction_split", "reaction_files"),
     "episodes": ("episodes", "episodes_pollers"),
     "idle": ("idle",),
+    "startup": ("startup_times", "startup_trigger_close", "startup_imports"),
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.pressure]

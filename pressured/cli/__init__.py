@@ -69,7 +69,18 @@ def _chosen(argv: Sequence[str]) -> str | None:
     return None
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while a subcommand is still importing or starting: a clean stop, not a crash.
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser, modules = build_parser(_chosen(words))
     args = parser.parse_args(words)

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import NoReturn
 
 import structlog
 
-from pressured.cli.common import add_config_arguments, report_config_error, settings_from_args
+from pressured import __version__
+from pressured.cli.common import (
+    add_config_arguments,
+    config_path,
+    report_config_error,
+    settings_from_args,
+)
+from pressured.config import Settings
 from pressured.errors import ConfigError, PressuredError, UnsafeFileError
 from pressured.logs import configure_logging
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 EPILOG = """\
 examples:
@@ -18,8 +34,10 @@ examples:
   pressured run -c /etc/pressured/pressured.toml --log-format console
 
 signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces); SIGHUP re-reads the
-configuration file and keeps the running one if the new one is invalid.
-exit codes: 0 stopped cleanly, 1 runtime failure, 2 invalid configuration (nothing armed).
+configuration file and keeps the running one if the new one is invalid. SIGINT (Ctrl-C) before
+the controller is ready stops start-up cleanly and nothing stays armed.
+exit codes: 0 stopped cleanly, 1 runtime failure, 2 invalid configuration (nothing armed),
+130 interrupted during start-up.
 """
 
 
@@ -29,20 +47,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def announce(settings: Settings, config: str | None) -> None:
+    """The first log line: what is starting, and above all whether it will kill anything."""
+    logger = structlog.get_logger("pressured")
+    logger.info(
+        "daemon.starting",
+        dry_run=settings.daemon.dry_run,
+        version=__version__,
+        pid=os.getpid(),
+        config=config,
+        loop=settings.daemon.loop,
+    )
+    if settings.daemon.dry_run:
+        logger.warning("daemon.dry_run", detail="decides and logs victims, sends no signal")
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    # Ctrl-C can land anywhere while loading the configuration, importing or arming; each
+    # step that set something up undoes it on the way out (the controller disarms, threads
+    # stop), so here it only remains to exit without a traceback.
+    #
+    # Our own SIGINT handler (it raises at once, like Python's default one) also keeps
+    # asyncio.Runner from installing its own, which only cancels the main task on the first
+    # Ctrl-C: a start-up step that does not await (a policy plugin's import, a slow read)
+    # would ignore it until done. Once running, the controller's loop handler takes over and
+    # stops gracefully.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        structlog.get_logger("pressured").info("daemon.interrupted")
+        _exit_now(EXIT_INTERRUPTED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` now, once the daemon has stopped (or start-up has unwound).
+
+    The shutdown recipe (disarm, stop deciding, close policies and sinks, stop the reaper)
+    has run by then; what the interpreter would still do is join every worker thread, one of
+    which may be in the middle of a /proc read that a memory-starved host takes seconds to
+    answer, and tear down every module. Neither serves anyone, and SIGTERM must end the
+    process within a second. Also, when a KeyboardInterrupt has passed through native code
+    that runs Python (pydantic-core, Cython modules), CPython would kill itself with SIGINT
+    at exit instead of exiting with our status.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except (ConfigError, UnsafeFileError) as exc:
         return report_config_error(exc)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
+    announce(settings, config_path(args))
     from pressured.daemon import run as run_daemon
 
     try:
         run_daemon(settings, reload=functools.partial(settings_from_args, args))
     except (ConfigError, UnsafeFileError) as exc:
-        # Policies are loaded (and scope paths checked) at start-up, before any trigger.
+        # Policies are loaded (and scope paths, port and journal checked) at start-up, before
+        # any trigger.
         return report_config_error(exc)
     except PressuredError as exc:
         structlog.get_logger("pressured").error("controller.failed", error=str(exc))
         return 1
-    return 0
+    _exit_now(0)

@@ -27,6 +27,7 @@ import contextvars
 import functools
 import inspect
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -118,12 +119,19 @@ class OpsServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
         """Bind and listen; raises OSError if the address is taken (a configuration error the
-        operator must see at start-up, not a silent gap in monitoring)."""
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, limit=MAX_HEAD_BYTES, reuse_address=True
-        )
+        operator must see at start-up, not a silent gap in monitoring).
+
+        ``sock``: an already bound and listening socket to serve on instead (the daemon binds
+        before arming its triggers and starts the server after).
+        """
+        if sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=sock, limit=MAX_HEAD_BYTES)
+        else:
+            self._server = await asyncio.start_server(
+                self._handle, self.host, self.port, limit=MAX_HEAD_BYTES, reuse_address=True
+            )
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])

@@ -38,6 +38,28 @@ ENTRY_POINT = "entry point"
 IMPORT_STRING = "import string"
 
 
+BUILTIN_CLASSES: dict[str, str] = {
+    "oom_score": "pressured.policies.oom_score:OomScorePolicy",
+    "largest": "pressured.policies.largest:LargestPolicy",
+    "adj_tiers": "pressured.policies.adj_tiers:AdjTiersPolicy",
+    "swap_usage": "pressured.policies.swap_usage:SwapUsagePolicy",
+    "cgroup_size_growth": "pressured.policies.cgroup_size_growth:CgroupSizeGrowthPolicy",
+    "cgroup_pressure": "pressured.policies.cgroup_pressure:CgroupPressurePolicy",
+}
+"""Where each built-in policy lives, so that resolving one name imports only its module: the
+daemon imports, before arming, only the policies its configuration names."""
+
+
+def builtin_policy(name: str) -> type[Any] | None:
+    """The built-in policy class named ``name`` (importing only its module), or None."""
+    target = BUILTIN_CLASSES.get(name)
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    cls: type[Any] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
 def builtin_policies() -> dict[str, type[Any]]:
     """Every built-in policy class by its configuration name."""
     from pressured.policies.adj_tiers import AdjTiersPolicy
@@ -293,10 +315,9 @@ def resolve(name: str) -> PolicySource:
     if ":" in name:
         cls = import_string(name)
         return PolicySource(name, cls, IMPORT_STRING, kind=IMPORT_STRING, location=_location(cls))
-    builtins = builtin_policies()
-    if name in builtins:
-        cls = builtins[name]
-        return PolicySource(name, cls, BUILTIN, kind=BUILTIN, location=_location(cls))
+    builtin = builtin_policy(name)
+    if builtin is not None:
+        return PolicySource(name, builtin, BUILTIN, kind=BUILTIN, location=_location(builtin))
     points = _entry_points(name)
     if len(points) > 1:
         dists = ", ".join(sorted(_dist_label(p) for p in points))
@@ -306,7 +327,7 @@ def resolve(name: str) -> PolicySource:
         )
     if points:
         return _load_entry_point(points[0])
-    known = ", ".join(sorted(builtins))
+    known = ", ".join(sorted(BUILTIN_CLASSES))
     raise PolicyError(
         f"unknown policy {name!r}: not a built-in ({known}), not an installed "
         f"'{ENTRY_POINT_GROUP}' entry point, and not a 'module:Class' import string"
