@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_bad_configuration_exits_2_naming_the_field(tmp_path: Path) -> None:
         "[[scopes]]\n[[scopes.levels]]\nname='x'\nthreshold_ms=5000\nwindow_ms=2000\n",
     )
     done = subprocess.run(
-        ["python3", "-m", "pressured", "run", "-c", str(config)],
+        [sys.executable, "-m", "pressured", "run", "-c", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -112,7 +113,7 @@ def test_unknown_policy_exits_2_before_arming(tmp_path: Path) -> None:
         tmp_path / "bad.toml", "[[scopes]]\n[[scopes.policies]]\nname = 'no_such_policy'\n"
     )
     done = subprocess.run(
-        ["python3", "-m", "pressured", "run", "-c", str(config)],
+        [sys.executable, "-m", "pressured", "run", "-c", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
