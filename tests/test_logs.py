@@ -14,6 +14,7 @@ import logging
 import os
 import pty
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -25,9 +26,11 @@ from typing import Any
 import pytest
 import structlog
 
-from pressured.events import EventSource, KillReason, PressureEvent
+from pressured.events import EventSource, PressureEvent
+from pressured.kernel import psi
 from pressured.logs import configure_logging, journal_stream_matches, terminal_safe
 from pressured.reap import kill_and_reap_cgroup
+from pressured.testing.daemon import scope_config, write_config
 from pressured.testing.scratch import ScratchGroup
 from tests.conftest import new_loop
 
@@ -293,24 +296,48 @@ def _sgr_sequences(text: str) -> set[str]:
     return found
 
 
-def test_kill_reason_word_for_each_event_source() -> None:
-    """Each kind of event maps to its stable word (a full trigger is a critical stall)."""
-    from pressured.kernel.psi import Resource, TriggerSpec
-
-    full = TriggerSpec(Resource.MEMORY, "full", 100_000, 2_000_000)
-    some = TriggerSpec(Resource.MEMORY, "some", 100_000, 2_000_000)
-
-    def reason(source: EventSource, trigger: TriggerSpec | None = None) -> KillReason:
-        return KillReason.of(PressureEvent("system", "lvl", source, trigger=trigger))
-
-    assert reason(EventSource.PSI, full) == "critical_stall"
-    assert reason(EventSource.PSI, some) == "stall"
-    assert reason(EventSource.RECHECK, full) == "pressure_after_kill"
-    assert reason(EventSource.STARVATION, some) == "starved_trigger"
-    assert reason(EventSource.MEMORY) == "low_memory"
-    assert reason(EventSource.WATCHDOG) == "watchdog"
-    assert reason(EventSource.MANUAL) == "manual"
-    assert {reason(source) for source in EventSource if source is not EventSource.PSI} | {
-        reason(EventSource.PSI, full),
-        reason(EventSource.PSI, some),
-    } == set(KillReason)
+@pytest.mark.kernel
+def test_daemon_on_the_journal_stream_prefixes_every_line(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """``pressured run`` (dry-run, on a scratch group) with stdout on the journal stream: every
+    line it writes, from start-up to a clean SIGTERM exit, carries a priority prefix."""
+    config = write_config(tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        stat = os.fstat(theirs.fileno())
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}",
+        }
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "pressured", "run", "--dry-run", "--config", str(config)],
+            stdout=theirs.fileno(),
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        theirs.close()
+        try:
+            received = b""
+            ours.settimeout(CHILD_TIMEOUT_S)
+            while b'"controller.ready"' not in received:
+                chunk = ours.recv(65536)
+                assert chunk, f"the daemon stopped before it was ready: {received[-2000:]!r}"
+                received += chunk
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=CHILD_TIMEOUT_S) == 0
+            received += _read_all(ours).encode()
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
+    lines = received.decode().splitlines()
+    assert len(lines) > 3
+    for line in lines:
+        assert line[:1] == "<" and line[1:2].isdigit() and line[2:3] == ">", line
+        json.loads(line[3:])
+    events = {json.loads(line[3:])["event"]: int(line[1]) for line in lines}
+    assert events["controller.ready"] == 6
+    if not psi.may_use_fast_windows():  # the config's 1 s window is widened, with a warning
+        assert events["trigger.adjusted"] == 4
