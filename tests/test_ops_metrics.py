@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -331,8 +332,8 @@ def test_kill_reason_and_pressure_level_agree_everywhere(
     scratch: ScratchGroup, thrash_file: str, tmp_path: Path
 ) -> None:
     """A real kill says why in one word and names the PSI level pressure_level in the log line,
-    the journal, both hooks' environments and the kills metric; the running daemon's /metrics
-    has every metric the example dashboard and alerts query."""
+    the journal, both hooks' environments, /status and the kills metric; the running daemon's
+    /metrics has every metric the example dashboard and alerts query."""
     journal = tmp_path / "kills.jsonl"
     pre_env, post_env = tmp_path / "pre.env", tmp_path / "post.env"
     config = write_config(
@@ -361,6 +362,10 @@ def test_kill_reason_and_pressure_level_agree_everywhere(
             assert env["PRESSURED_KILL_REASON"] == "stall"
             assert env["PRESSURED_PRESSURE_LEVEL"] == "some"
             assert "PRESSURED_LEVEL" not in env
+        with urllib.request.urlopen(f"{url}/status", timeout=5) as response:  # noqa: S310
+            status = json.loads(response.read())
+        assert status["last_kills"][-1]["pressure_level"] == "some"
+        assert status["scopes"][0]["triggers"][0]["pressure_level"] == "some"
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310
             text = response.read().decode()
         labels = {
