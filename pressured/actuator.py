@@ -20,7 +20,14 @@ from typing import TypeVar
 import structlog
 
 from pressured.config import KillSettings
-from pressured.events import KillRecord, KillResult, PressureEvent, VictimKind
+from pressured.events import (
+    PRESSURE_LEVEL_KEY,
+    KillReason,
+    KillRecord,
+    KillResult,
+    PressureEvent,
+    VictimKind,
+)
 from pressured.kernel import pidfd as pidfd_mod
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
@@ -166,6 +173,7 @@ class Actuator:
             ranking=tuple(ctx.decision.ranking),
             dry_run=ctx.dry_run,
             victim_boosted=boosted,
+            kill_reason=KillReason.of(event),
         )
 
     async def _run_pre_kill(self, victim: Victim, ctx: _Context, comm: str, rss: int) -> None:
@@ -178,8 +186,9 @@ class Actuator:
             "cgroup": victim.cgroup or "",
             "policy": ctx.decision.policy,
             "reason": victim.reason,
+            "kill_reason": str(KillReason.of(ctx.event)),
             "scope": ctx.event.scope,
-            "level": ctx.event.level,
+            PRESSURE_LEVEL_KEY: ctx.event.level,
             "rss_before_bytes": str(rss),
             "dry_run": "1" if ctx.dry_run else "0",
         }

@@ -16,6 +16,16 @@ from pressured.kernel.psi import Pressure, TriggerSpec
 
 SYSTEM_SCOPE = "system"
 
+PRESSURE_LEVEL_KEY = "pressure_level"
+"""The one name the PSI level goes by wherever it leaves the process: log lines, the kill
+journal, hook facts (``PRESSURED_PRESSURE_LEVEL``), ``/status`` and metric labels. Plain
+``level`` is taken by the log line's own severity, so the PSI level never uses it."""
+
+
+def _with_pressure_level(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``level`` key renamed to :data:`PRESSURE_LEVEL_KEY`, in place order."""
+    return {PRESSURE_LEVEL_KEY if key == "level" else key: value for key, value in data.items()}
+
 
 class EventSource(StrEnum):
     PSI = "psi"
@@ -54,10 +64,51 @@ class PressureEvent:
     """Events of one continuing pressure episode share a number."""
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = _with_pressure_level(asdict(self))
         data["source"] = str(self.source)
         data["trigger"] = str(self.trigger) if self.trigger else None
         return data
+
+
+class KillReason(StrEnum):
+    """Why a kill happened, in one stable word (after lmkd's kill reasons).
+
+    The prose ``KillRecord.reason`` says why the policy chose *this* victim; the word says
+    what made pressured decide to kill *at all*, so alerts and dashboards can group kills by
+    it (``pressured_kills_total{kill_reason=...}``) without parsing prose.
+    """
+
+    CRITICAL_STALL = "critical_stall"
+    """A ``full`` trigger fired: every task of the scope stalled on memory at once."""
+    STALL = "stall"
+    """A ``some`` trigger fired: some tasks stalled on memory."""
+    PRESSURE_AFTER_KILL = "pressure_after_kill"
+    """The episode's recheck: refaults went on after the last decision (normally a kill)."""
+    STARVED_TRIGGER = "starved_trigger"
+    """The stall grew past a trigger's threshold while the trigger stayed silent."""
+    LOW_MEMORY = "low_memory"
+    """The availability monitor saw available memory below its threshold."""
+    WATCHDOG = "watchdog"
+    """The watchdog thread acted because the event loop did not answer."""
+    MANUAL = "manual"
+    """Asked for by hand: ``kill_and_reap``, tests, library users' own events."""
+
+    @classmethod
+    def of(cls, event: PressureEvent) -> KillReason:
+        """The word for a kill decided on ``event``, from its source and trigger kind."""
+        if event.source is EventSource.PSI:
+            full = event.trigger is not None and event.trigger.kind == "full"
+            return cls.CRITICAL_STALL if full else cls.STALL
+        return _REASON_BY_SOURCE[event.source]
+
+
+_REASON_BY_SOURCE = {
+    EventSource.RECHECK: KillReason.PRESSURE_AFTER_KILL,
+    EventSource.STARVATION: KillReason.STARVED_TRIGGER,
+    EventSource.MEMORY: KillReason.LOW_MEMORY,
+    EventSource.WATCHDOG: KillReason.WATCHDOG,
+    EventSource.MANUAL: KillReason.MANUAL,
+}
 
 
 class VictimKind(StrEnum):
@@ -114,9 +165,17 @@ class KillRecord:
     dry_run: bool = False
     victim_boosted: bool = False
     """mrelease lost the race (ESRCH) and the victim was reniced / taken out of SCHED_IDLE."""
+    kill_reason: KillReason = KillReason.MANUAL
+    """Why pressured killed at all, in one stable word (``reason`` is the policy's prose)."""
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data: dict[str, Any] = {}
+        for key, value in _with_pressure_level(asdict(self)).items():
+            if key == "kill_reason":
+                continue
+            data[key] = value
+            if key == "reason":  # the word beside the prose, where a reader looks for "why"
+                data["kill_reason"] = str(self.kill_reason)
         data["kind"] = str(self.kind)
         data["result"] = str(self.result)
         if self.mrelease is not None:

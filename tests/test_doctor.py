@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from pressured.doctor import (
     TriggerProbe,
     TriggerWindows,
     check_kernel,
+    check_other_killers,
     check_trigger_readers,
     kernel_version,
 )
@@ -47,6 +50,7 @@ EXPECTED_CHECKS = (
     "kill_rights",
     "capabilities",
     "mlockall",
+    "other_killers",
 )
 
 HOST_SKIP_REASON = (
@@ -263,3 +267,84 @@ def test_trigger_readers_ok_when_privileged() -> None:
     """Privileged triggers use the real-time poller, so readers are no concern."""
     windows = TriggerWindows(True, 500_000, 10_000_000, 1, "every window/10", True)
     assert check_trigger_readers(TriggerProbe("/proc/pressure/memory", windows)).ok
+
+
+# -- other OOM killers (real processes named like them) ------------------------------------------
+
+_NAMED_CHILD = """
+import ctypes, sys, time
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME: the comm
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@contextmanager
+def running(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A child that says ready once it has its name; killed and reaped however the test ends."""
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def found(result: CheckResult) -> list[Any]:
+    value = result.facts["found"]
+    assert isinstance(value, list)
+    return value
+
+
+def no_systemd(_unit: str) -> str | None:
+    return None
+
+
+@pytest.mark.parametrize("name", ["earlyoom", "nohang", "oomd", "systemd-oomd"])
+def test_running_oom_killer_is_warned_about_with_a_hand_over(name: str) -> None:
+    """A real process whose comm is earlyoom / nohang / oomd / systemd-oomd makes doctor warn,
+    naming it and its PID, with how to stop it or run pressured --dry-run beside it."""
+    with running([sys.executable, "-c", _NAMED_CHILD, name]) as child:
+        result = check_other_killers(unit_state=no_systemd)
+    assert result.status is Status.WARN
+    assert {"name": name, "pid": child.pid, "matched_by": "comm"} in found(result)
+    assert f"{name} (pid {child.pid})" in result.detail
+    assert result.remedy is not None
+    assert f"systemctl disable --now {name}" in result.remedy
+    assert "pressured run --dry-run" in result.remedy
+
+
+def test_python_script_killer_is_found_by_its_command_line(tmp_path: Path) -> None:
+    """nohang is a Python script: an interpreter running a file named nohang is found by its
+    command line even though its comm and exe say python."""
+    script = tmp_path / "nohang"
+    script.write_text('import time\nprint("ready", flush=True)\ntime.sleep(60)\n')
+    with running([sys.executable, "-u", str(script), "--config", "/etc/nohang.conf"]) as child:
+        result = check_other_killers(unit_state=no_systemd)
+    assert {"name": "nohang", "pid": child.pid, "matched_by": "cmdline"} in found(result)
+
+
+def test_active_systemd_oomd_unit_without_a_process_is_reported() -> None:
+    """systemd-oomd's unit reported active (socket-activated, no process yet) still warns."""
+    states = {"systemd-oomd.service": "active"}
+    result = check_other_killers(unit_state=states.get)
+    assert result.status is Status.WARN
+    assert {"name": "systemd-oomd", "pid": None, "matched_by": "systemd"} in found(result)
+    assert "systemd-oomd (unit active)" in result.detail
+
+
+def test_doctor_command_warns_about_earlyoom_and_can_still_run() -> None:
+    """``pressured doctor --json`` with an earlyoom running: other_killers warns, exit 0."""
+    if HOST_SKIP_REASON:
+        pytest.skip(HOST_SKIP_REASON)
+    with running([sys.executable, "-c", _NAMED_CHILD, "earlyoom"]) as child:
+        result = run_doctor_cli("--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    check = next(c for c in report["checks"] if c["name"] == "other_killers")
+    assert check["status"] == "warn"
+    assert {"name": "earlyoom", "pid": child.pid, "matched_by": "comm"} in check["facts"]["found"]

@@ -45,7 +45,8 @@ def test_metrics_status_health_and_journal_after_a_real_kill(
         status, text = get(f"{url}/metrics")
         assert status == 200
         assert (
-            f'pressured_kills_total{{kind="process",policy="oom_score",result="killed",'
+            f'pressured_kills_total{{kill_reason="stall",kind="process",policy="oom_score",'
+            f'result="killed",'
             f'scope="{scratch.path}"}} 1.0' in text
         )
         assert "pressured_process_mrelease_total{" in text

@@ -67,8 +67,9 @@ def test_metrics_endpoint(run_async: Runner) -> None:
         assert headers["content-type"].startswith("text/plain; version=")
         assert int(headers["content-length"]) == len(body)
         text = body.decode()
-        assert 'pressured_pressure_events_total{level="some",scope="system",source="psi"} 1.0' in (
-            text
+        assert (
+            'pressured_pressure_events_total{pressure_level="some",scope="system",source="psi"} 1.0'
+            in text
         )
 
     run_async(scenario())

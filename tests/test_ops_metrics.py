@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import time
+import urllib.request
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import generate_latest
+import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pressured.events import (
     EventSource,
+    KillReason,
     KillRecord,
     KillResult,
     PressureEvent,
@@ -17,7 +26,11 @@ from pressured.events import (
 from pressured.kernel.pidfd import MreleaseResult, MreleaseStatus
 from pressured.kernel.psi import Pressure, PressureLine
 from pressured.ops import Sink
+from pressured.ops.journal import read_journal
 from pressured.ops.metrics import Metrics
+from pressured.testing.daemon import Daemon, scope_config, write_config
+from pressured.testing.scratch import ScratchGroup
+from tests.test_monitoring import all_queries, exported_series, unknown_metrics
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -69,18 +82,25 @@ def test_pressure_event_counted_by_scope_level_source(run_async: Runner) -> None
     event = PressureEvent(scope="/jobs", level="full", source=EventSource.PSI)
     run_async(metrics.on_pressure(event))
     run_async(metrics.on_pressure(event))
-    labels = {"scope": "/jobs", "level": "full", "source": "psi"}
+    labels = {"scope": "/jobs", "pressure_level": "full", "source": "psi"}
     assert metrics.value("pressured_pressure_events_total", labels) == 2.0
-    assert 'pressured_pressure_events_total{level="full",scope="/jobs",source="psi"} 2.0' in (
-        exposition(metrics)
+    assert (
+        'pressured_pressure_events_total{pressure_level="full",scope="/jobs",source="psi"} 2.0'
+        in exposition(metrics)
     )
 
 
 def test_kill_record_fills_counters_and_histograms(run_async: Runner) -> None:
     """A killed victim shows in kills, mrelease, freed bytes and the timing histograms."""
     metrics = Metrics()
-    run_async(metrics.on_kill(make_record()))
-    kill_labels = {"scope": "system", "policy": "oom_score", "result": "killed", "kind": "process"}
+    run_async(metrics.on_kill(make_record(kill_reason=KillReason.CRITICAL_STALL)))
+    kill_labels = {
+        "scope": "system",
+        "policy": "oom_score",
+        "result": "killed",
+        "kind": "process",
+        "kill_reason": "critical_stall",
+    }
     assert metrics.value("pressured_kills_total", kill_labels) == 1.0
     assert metrics.value("pressured_process_mrelease_total", {"status": "reaped"}) == 1.0
     assert metrics.value("pressured_freed_bytes_total", {"scope": "system"}) == 512 << 20
@@ -90,8 +110,8 @@ def test_kill_record_fills_counters_and_histograms(run_async: Runner) -> None:
     assert metrics.value("pressured_decision_to_signal_seconds_count", {"kind": "process"}) == 1
     text = exposition(metrics)
     assert (
-        'pressured_kills_total{kind="process",policy="oom_score",result="killed",scope="system"}'
-        in text
+        'pressured_kills_total{kill_reason="critical_stall",kind="process",policy="oom_score",'
+        'result="killed",scope="system"}' in text
     )
 
 
@@ -100,7 +120,13 @@ def test_dry_run_kill_frees_nothing(run_async: Runner) -> None:
     metrics = Metrics()
     record = make_record(result=KillResult.DRY_RUN, dry_run=True, mrelease=None)
     run_async(metrics.on_kill(record))
-    labels = {"scope": "system", "policy": "oom_score", "result": "dry_run", "kind": "process"}
+    labels = {
+        "scope": "system",
+        "policy": "oom_score",
+        "result": "dry_run",
+        "kind": "process",
+        "kill_reason": "manual",
+    }
     assert metrics.value("pressured_kills_total", labels) == 1.0
     assert metrics.value("pressured_freed_bytes_total", {"scope": "system"}) is None
 
@@ -194,15 +220,80 @@ def test_failing_pressure_read_is_not_retried_until_the_period_ends() -> None:
     assert len(calls) == 1
 
 
-def test_daemon_rss_and_build_info() -> None:
-    """The exposition carries the daemon's RSS and pressured_build_info."""
-    metrics = Metrics(loop_name="uvloop")
-    rss = metrics.value("pressured_daemon_resident_memory_bytes")
-    assert rss is not None
-    assert rss > 1 << 20
-    text = exposition(metrics)
+def test_build_info_is_exported() -> None:
+    """The exposition carries pressured_build_info with the loop's name."""
+    text = exposition(Metrics(loop_name="uvloop"))
     assert "pressured_build_info{" in text
     assert 'loop="uvloop"' in text
+
+
+def test_process_collector_counts_the_daemons_own_fds() -> None:
+    """process_open_fds is the real count of our fds: opening 20 more shows 20 more (the
+    hand-made RSS gauge had no fds, CPU or start time at all)."""
+    metrics = Metrics()
+    before = metrics.value("process_open_fds")
+    assert before is not None
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+    try:
+        assert metrics.value("process_open_fds") == before + 20
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert metrics.value("process_open_fds") == before
+
+
+def test_process_collector_reports_start_time_cpu_and_memory() -> None:
+    """Start time matches /proc/self/stat's start; CPU seconds and RSS are there and real."""
+    metrics = Metrics()
+    started = metrics.value("process_start_time_seconds")
+    assert started is not None
+    assert abs(started - start_time_from_proc()) < 1.0
+    assert (metrics.value("process_resident_memory_bytes") or 0) > 1 << 20
+    assert metrics.value("process_cpu_seconds_total") is not None
+    assert metrics.value("process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert "pressured_daemon_resident_memory_bytes" not in exposition(metrics)
+
+
+def start_time_from_proc() -> float:
+    """Our start as wall-clock seconds: boot time plus /proc/self/stat's starttime ticks."""
+    stat = Path("/proc/self/stat").read_text()
+    ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+    boot = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_no_created_series_but_other_registries_keep_theirs(run_async: Runner) -> None:
+    """Counters and histograms export no _created samples; an embedding application's own
+    registry is left alone (no process-wide switch)."""
+    metrics = Metrics()
+    run_async(metrics.on_kill(make_record()))
+    metrics.observe_policy("largest", 0.002, "timeout")
+    text = exposition(metrics)
+    assert "pressured_kills_total{" in text
+    assert "_created" not in text
+    theirs = CollectorRegistry()
+    Counter("app_requests", "An embedding application's counter.", registry=theirs).inc()
+    assert "app_requests_created" in generate_latest(theirs).decode()
+
+
+def test_kills_are_labelled_with_their_reason_word(run_async: Runner) -> None:
+    """Each kill reason word becomes its own kill_reason label value."""
+    metrics = Metrics()
+    for reason in KillReason:
+        run_async(metrics.on_kill(make_record(kill_reason=reason)))
+    for reason in KillReason:
+        labels = {
+            "scope": "system",
+            "policy": "oom_score",
+            "result": "killed",
+            "kind": "process",
+            "kill_reason": str(reason),
+        }
+        assert metrics.value("pressured_kills_total", labels) == 1.0, reason
 
 
 def test_registries_are_private() -> None:
@@ -210,3 +301,84 @@ def test_registries_are_private() -> None:
     first, second = Metrics(), Metrics()
     first.set_triggers("system", 3)
     assert second.value("pressured_triggers_armed", {"scope": "system"}) is None
+
+
+# -- a real daemon ----------------------------------------------------------------------------
+
+
+def _env_file(path: Path, timeout_s: float = 10.0) -> dict[str, str]:
+    """The ``env`` dump a hook wrote, once it is complete (the hook runs in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().endswith("\n"):
+            return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        time.sleep(0.05)
+    raise TimeoutError(f"no hook output in {path}")
+
+
+def _first_journal_entry(path: Path, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The journal's first record, once the sink (after the log line) has written it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and (entries := read_journal(path)):
+            return entries[0]
+        time.sleep(0.05)
+    raise TimeoutError(f"no journal record in {path}")
+
+
+@pytest.mark.kernel
+@pytest.mark.pressure
+def test_kill_reason_and_pressure_level_agree_everywhere(
+    scratch: ScratchGroup, thrash_file: str, tmp_path: Path
+) -> None:
+    """A real kill says why in one word and names the PSI level pressure_level in the log line,
+    the journal, both hooks' environments, /status and the kills metric; the running daemon's
+    /metrics has every metric the example dashboard and alerts query."""
+    journal = tmp_path / "kills.jsonl"
+    pre_env, post_env = tmp_path / "pre.env", tmp_path / "post.env"
+    config = write_config(
+        tmp_path / "p.toml",
+        scope_config(scratch.path, scratch.memcg_path)
+        + f'\n[journal]\npath = "{journal}"\n'
+        + f'\n[[hooks.pre_kill]]\ncommand = ["/bin/sh", "-c", "env > {pre_env}"]\n'
+        + "timeout_ms = 3000\n"
+        + f'\n[[hooks.post_kill]]\ncommand = ["/bin/sh", "-c", "env > {post_env}"]\n'
+        + "timeout_ms = 3000\n",
+    )
+    with Daemon(config) as daemon:
+        url = daemon.wait_for("ops.listening", 20)["url"]
+        daemon.wait_for("controller.ready", 20)
+        scratch.spawn_workload("thrash", thrash_file)
+        killed = daemon.wait_for("victim.killed", 40)
+        # The scope's only level is a "some" trigger, and the first kill of an episode is
+        # decided on the trigger's own event.
+        assert killed["kill_reason"] == "stall"
+        assert killed["pressure_level"] == "some"
+        assert killed["level"] == "warning"  # the log line's severity keeps its own name
+        entry = _first_journal_entry(journal)
+        assert (entry["kill_reason"], entry["pressure_level"]) == ("stall", "some")
+        assert "level" not in entry
+        for env in (_env_file(pre_env), _env_file(post_env)):
+            assert env["PRESSURED_KILL_REASON"] == "stall"
+            assert env["PRESSURED_PRESSURE_LEVEL"] == "some"
+            assert "PRESSURED_LEVEL" not in env
+        with urllib.request.urlopen(f"{url}/status", timeout=5) as response:  # noqa: S310
+            status = json.loads(response.read())
+        assert status["last_kills"][-1]["pressure_level"] == "some"
+        assert status["scopes"][0]["triggers"][0]["pressure_level"] == "some"
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        labels = {
+            "scope": scratch.path,
+            "policy": "oom_score",
+            "result": "killed",
+            "kind": "process",
+            "kill_reason": "stall",
+        }
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        kills = [s for s in families["pressured_kills"].samples if s.name.endswith("_total")]
+        assert [(s.labels, s.value) for s in kills] == [(labels, 1.0)]
+        assert "_created" not in text
+        series = exported_series(text)
+        assert unknown_metrics(all_queries(), series) == {}
+        assert daemon.stop() == 0

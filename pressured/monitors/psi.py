@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pressured.events import PRESSURE_LEVEL_KEY
 from pressured.kernel import psi
 from pressured.kernel.psi import TriggerSpec, WindowAdjustment
 
@@ -35,7 +36,7 @@ class ArmedTrigger:
 
     def describe(self) -> dict[str, str | float | bool]:
         return {
-            "level": self.level,
+            PRESSURE_LEVEL_KEY: self.level,
             "path": self.path,
             "kind": self.effective.kind,
             "threshold_ms": self.effective.threshold_us / 1000,

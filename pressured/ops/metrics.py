@@ -11,26 +11,31 @@ names) or by enums (results, kinds, mrelease statuses), never by PIDs or command
 Pressure gauges read a pressure file at scrape time, but at most once per
 ``pressure_cache_s`` per scope: reading a group's pressure file pushes back the 2 s tick on
 which unprivileged PSI triggers are checked, so a scraper polling every few seconds would
-silence the very triggers we depend on (see DESIGN.md, "Readers starve unprivileged
+silence the very triggers we depend on (see docs/design.md, "Readers starve unprivileged
 triggers").
+
+The daemon's own CPU time, resident memory, open fds and start time come from
+prometheus-client's :class:`~prometheus_client.ProcessCollector` under the standard
+``process_*`` names every dashboard already knows. Counters and histograms export no
+``_created`` series: they double the series count and no query here uses them. They are
+dropped from this registry only, so an embedding application's own metrics keep theirs.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pressured import __version__
-from pressured.events import KillRecord, KillResult, PressureEvent
+from pressured.events import PRESSURE_LEVEL_KEY, KillRecord, KillResult, PressureEvent
 from pressured.kernel.psi import Pressure
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "PressureReader"]
@@ -76,7 +81,23 @@ POLICY_BUCKETS: tuple[float, ...] = (
     1.0,
     5.0,
 )
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# Metric types whose children prometheus-client gives a ``_created`` sample.
+_TYPES_WITH_CREATED = frozenset({"counter", "histogram", "summary"})
+
+
+class _RegistryWithoutCreated(CollectorRegistry):
+    """A registry whose counters and histograms export no ``_created`` series.
+
+    ``prometheus_client.disable_created_metrics()`` would do the same for every registry in
+    the process, an embedding application's included; this keeps the choice to ours.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in super().collect():
+            if metric.type in _TYPES_WITH_CREATED:
+                # Each collect() builds fresh Metric objects, so filtering in place is safe.
+                metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 @dataclass
@@ -87,7 +108,7 @@ class _CachedPressure:
 
 
 class _ScrapeTimeCollector(Collector):
-    """Values computed when scraped: per-scope PSI avg10 (cached) and the daemon's RSS."""
+    """Values computed when scraped: per-scope PSI avg10, cached (see the module docstring)."""
 
     def __init__(self, owner: Metrics) -> None:
         self._owner = owner
@@ -105,14 +126,6 @@ class _ScrapeTimeCollector(Collector):
             if pressure.full is not None:
                 avg10.add_metric([scope, "full"], pressure.full.avg10 / 100.0)
         yield avg10
-
-        rss = self._owner.daemon_rss_bytes()
-        if rss is not None:
-            yield GaugeMetricFamily(
-                "pressured_daemon_resident_memory_bytes",
-                "Resident set size of the pressured process (from /proc/self/statm).",
-                value=rss,
-            )
 
 
 class Metrics:
@@ -132,27 +145,30 @@ class Metrics:
         pressure_cache_s: float = 10.0,
         loop_name: str = "",
         clock: Callable[[], float] = time.monotonic,
-        statm_path: str = "/proc/self/statm",
+        proc_root: str = "/proc",
     ) -> None:
         # Same floor as MetricsSettings: anything shorter starves unprivileged triggers.
         self.pressure_cache_s = max(10.0, pressure_cache_s)
         self._clock = clock
-        self._statm_path = statm_path
         self._pressure: dict[str, _CachedPressure] = {}
         self._pressure_lock = threading.Lock()
-        self.registry = CollectorRegistry()
+        self.registry: CollectorRegistry = _RegistryWithoutCreated()
         r = self.registry
+        # CPU seconds, resident and virtual memory, open and maximum fds, start time.
+        ProcessCollector(proc=proc_root, registry=r)
 
         self.pressure_events = Counter(
             "pressured_pressure_events",
-            "Pressure events seen, by scope, level and source (psi, recheck, memory, ...).",
-            ["scope", "level", "source"],
+            "Pressure events seen, by scope, PSI level and source (psi, recheck, memory, ...).",
+            ["scope", PRESSURE_LEVEL_KEY, "source"],
             registry=r,
         )
         self.kills = Counter(
             "pressured_kills",
-            "Kill attempts by outcome; result=dry_run counts what dry-run mode would have done.",
-            ["scope", "policy", "result", "kind"],
+            "Kill attempts by outcome and why (kill_reason: critical_stall, stall, "
+            "pressure_after_kill, starved_trigger, low_memory, watchdog, manual); "
+            "result=dry_run counts what dry-run mode would have done.",
+            ["scope", "policy", "result", "kind", "kill_reason"],
             registry=r,
         )
         self.mrelease = Counter(
@@ -263,7 +279,9 @@ class Metrics:
     def record_kill(self, record: KillRecord) -> None:
         """Count one kill record (the synchronous body of :meth:`on_kill`)."""
         kind = str(record.kind)
-        self.kills.labels(record.scope, record.policy, str(record.result), kind).inc()
+        self.kills.labels(
+            record.scope, record.policy, str(record.result), kind, str(record.kill_reason)
+        ).inc()
         if record.mrelease is not None:
             self.mrelease.labels(str(record.mrelease.status)).inc()
         for histogram, value_ms in (
@@ -334,14 +352,6 @@ class Metrics:
                         entry.value = None
                 result[scope] = entry.value
         return result
-
-    def daemon_rss_bytes(self) -> int | None:
-        try:
-            with open(self._statm_path, "rb") as handle:
-                fields = handle.read().split()
-            return int(fields[1]) * _PAGE_SIZE
-        except (OSError, IndexError, ValueError):
-            return None
 
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         """A sample's current value, for tests and ``pressured status``: ``value(

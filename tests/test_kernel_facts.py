@@ -1,0 +1,215 @@
+"""Kernel facts docs/design.md rests on, checked on the real kernel (root, cgroup2, PSI).
+
+Each test reproduces one fact the design depends on, so a kernel that behaves differently
+fails here, by name, before it fails somewhere subtle in the controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pressured.kernel import pidfd, psi
+from pressured.testing.scratch import ScratchGroup
+
+pytestmark = pytest.mark.kernel
+
+_TRIGGER = b"some 150000 2000000\0"  # legal with or without CAP_SYS_RESOURCE
+_HOLDER = """
+block = bytearray(64 << 20)
+for offset in range(0, len(block), 4096):
+    block[offset] = 1
+print("ready", flush=True)
+import time
+time.sleep(60)
+"""
+
+
+@contextlib.contextmanager
+def armed_trigger(directory: Path) -> Iterator[int]:
+    fd = os.open(directory / "memory.pressure", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, _TRIGGER)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def poll_once(fd: int) -> int:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    ready = poller.poll(0)
+    return ready[0][1] if ready else 0
+
+
+def test_psi_trigger_fd_is_always_readable_and_only_pollpri_marks_an_event(
+    scratch: ScratchGroup,
+) -> None:
+    """An armed trigger on an idle group polls POLLIN (always) without POLLPRI: a loop's
+    add_reader (POLLIN) would wake forever; POLLPRI alone is the event."""
+    with armed_trigger(scratch.group.directory) as fd:
+        for _ in range(3):
+            mask = poll_once(fd)
+            assert mask & select.POLLIN
+            assert not mask & select.POLLPRI
+
+
+def test_removed_group_trigger_reports_pri_and_err_on_every_poll(scratch: ScratchGroup) -> None:
+    """After rmdir of a group with an armed trigger, every poll says POLLPRI|POLLERR: a
+    monitor that treats POLLPRI as an event spins until it closes the fd."""
+    directory = scratch.group.directory / "removed"
+    directory.mkdir()
+    try:
+        with armed_trigger(directory) as fd:
+            assert not poll_once(fd) & select.POLLPRI
+            directory.rmdir()
+            masks = [poll_once(fd) for _ in range(5)]
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            directory.rmdir()
+    assert all(mask & select.POLLPRI and mask & select.POLLERR for mask in masks), masks
+
+
+def test_threaded_group_cgroup_procs_is_eopnotsupp(scratch: ScratchGroup) -> None:
+    """Reading cgroup.procs of a threaded group fails with EOPNOTSUPP (its threads are in
+    cgroup.threads); anyone with a delegated subtree can make one."""
+    directory = scratch.group.directory / "threaded"
+    directory.mkdir()
+    try:
+        (directory / "cgroup.type").write_text("threaded")
+        assert (directory / "cgroup.type").read_text().strip() == "threaded"
+        with pytest.raises(OSError) as raised:
+            (directory / "cgroup.procs").read_text()
+        assert raised.value.errno == errno.EOPNOTSUPP
+        assert (directory / "cgroup.threads").read_text() == ""
+    finally:
+        directory.rmdir()
+
+
+def test_cgroup_names_may_hold_escape_sequences_but_not_newlines(scratch: ScratchGroup) -> None:
+    """mkdir of a cgroup named with ESC, BEL, a tab or a bidi override succeeds; a newline is
+    refused with EINVAL (names are printed one per line in /proc/PID/cgroup)."""
+    accepted = ["esc\x1b[2Jname", "bel\x07name", "tab\tname", "bidi\u202etxt"]
+    for name in accepted:
+        directory = scratch.group.directory / name
+        directory.mkdir()
+        directory.rmdir()
+    with pytest.raises(OSError) as raised:
+        (scratch.group.directory / "new\nline").mkdir()
+    assert raised.value.errno == errno.EINVAL
+
+
+def _freezer_root() -> Path | None:
+    root = Path("/sys/fs/cgroup/freezer")
+    return root if (root / "cgroup.procs").exists() and os.geteuid() == 0 else None
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(_freezer_root() is None, reason="needs root and the v1 freezer hierarchy")
+def test_frozen_victim_is_reaped_by_mrelease_but_exits_only_when_thawed() -> None:
+    """A task frozen by the v1 freezer cannot exit after SIGKILL, yet process_mrelease frees
+    its memory at once; thawed, it exits."""
+    root = _freezer_root()
+    assert root is not None
+    group = root / f"pressured-fact-{uuid.uuid4().hex[:10]}"
+    group.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE)
+    fd = -1
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        assert _rss_kib(child.pid) > 60 << 10
+        (group / "cgroup.procs").write_text(str(child.pid))
+        (group / "freezer.state").write_text("FROZEN")
+        deadline = time.monotonic() + 5
+        while (group / "freezer.state").read_text().strip() != "FROZEN":
+            assert time.monotonic() < deadline, "the freezer did not freeze the child"
+            time.sleep(0.01)
+        fd = pidfd.open_pidfd(child.pid)
+        pidfd.send_signal(fd, signal.SIGKILL)
+        result = pidfd.process_mrelease(fd)
+        assert result.status is pidfd.MreleaseStatus.REAPED
+        assert _rss_kib(child.pid) < 1 << 10  # the 64 MiB are gone while the task still exists
+        assert not pidfd.wait_exited(fd, 1.0)  # frozen: the kill cannot complete
+        (group / "freezer.state").write_text("THAWED")
+        assert pidfd.wait_exited(fd, 10.0)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            (group / "freezer.state").write_text("THAWED")
+        child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def test_unprivileged_trigger_window_must_be_a_multiple_of_two_seconds(
+    scratch: ScratchGroup,
+) -> None:
+    """Without CAP_SYS_RESOURCE a 1 s window is refused with EINVAL on a cgroup's file too,
+    and 2 s is accepted; a second trigger on the same fd is EBUSY."""
+    if psi.may_use_fast_windows():
+        pytest.skip("this process has CAP_SYS_RESOURCE: 1 s windows are legal for it")
+    fd = os.open(scratch.group.directory / "memory.pressure", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with pytest.raises(OSError) as raised:
+            os.write(fd, b"some 150000 1000000\0")
+        assert raised.value.errno == errno.EINVAL
+        os.write(fd, _TRIGGER)
+        with pytest.raises(OSError) as busy:
+            os.write(fd, _TRIGGER)
+        assert busy.value.errno == errno.EBUSY
+    finally:
+        os.close(fd)
+
+
+_ADJ_CHILD = """
+import errno, sys
+def write(value):
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+start = int(open("/proc/self/oom_score_adj").read())
+answers = [write(min(1000, start + 500)), write(start), write(-1000)]
+print(*answers, open("/proc/self/oom_score_adj").read().strip())
+"""
+
+
+def test_oom_score_adj_goes_back_down_to_the_inherited_floor_without_cap_sys_resource() -> None:
+    """Raising oom_score_adj and lowering it back to where it started needs no capability:
+    the kernel only refuses values below the floor (oom_score_adj_min) that a privileged
+    ancestor set and fork passed down. Whether -1000 itself is allowed depends on that floor."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _ADJ_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    raised, lowered, to_min, final = result.stdout.split()
+    assert (raised, lowered) == ("ok", "ok")
+    assert to_min in ("ok", "EACCES")
+    if to_min == "ok":  # this host: a floor of -1000 was passed down to us
+        assert final == "-1000"
