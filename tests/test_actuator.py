@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,11 +17,12 @@ from pressured.actuator import Actuator
 from pressured.config import KillSettings
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
 from pressured.kernel import procfs
-from pressured.kernel.cgroupfs import discover_layout
+from pressured.kernel.cgroupfs import Cgroup, discover_layout
 from pressured.policies.base import Decision, Victim
 from pressured.reaper import Reaper
+from pressured.selfprotect import raise_fd_limit
 from pressured.snapshot import CgroupRecord, Snapshot
-from pressured.testing.scratch import ScratchGroup, wait_for_ready
+from pressured.testing.scratch import ScratchGroup, scratch_unavailable_reason, wait_for_ready
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 pytestmark = pytest.mark.kernel
@@ -179,3 +182,95 @@ def test_wait_is_event_driven_not_a_timeout(run_async: RunAsync, reaper: Reaper)
     record, elapsed = run_async(timed())
     assert record.result is KillResult.KILLED
     assert elapsed < 30  # far below the 60 s confirm limit: we were woken by the exit
+
+
+# -- #11.3: a group is killed without one fd per member -------------------------------------
+
+FORKER = """
+import os, signal, sys
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:
+        while True:
+            signal.pause()
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def group_of(scratch: ScratchGroup, name: str, children: int) -> tuple[Cgroup, list[int]]:
+    """A child group holding a parent and ``children`` forked sleepers (cheap: no exec)."""
+    group = scratch.child(name)
+    scratch.spawn([sys.executable, "-c", FORKER, str(children)], group=group)
+    wait_for_ready(scratch.processes[-1], 120)
+    members = group.all_members()
+    assert len(members) == children + 1
+    return group, members
+
+
+def kill_group_victim(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup, group: Cgroup, pids: list[int]
+) -> KillRecord:
+    record_group = CgroupRecord(path=group.path, memory=None, pressure=None, pids=tuple(pids))
+    event = PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+    snap = Snapshot(scope=scratch.path, event=event, processes=(), cgroups=(record_group,))
+    actuator = Actuator(reaper, KillSettings(confirm_timeout_ms=120_000), layout=scratch.layout)
+    return execute(run_async, actuator, Victim.group(record_group, "test"), snap)
+
+
+def test_5000_member_group_kill_leaves_the_fd_count_at_its_baseline(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """cgroup.kill of 5,000 members: all die, confirmed from cgroup.events, no fd left open."""
+    if (reason := scratch_unavailable_reason()) is not None:
+        pytest.skip(f"real-kernel test: {reason}")
+    with ScratchGroup(None) as scratch:
+        group, pids = group_of(scratch, "big", 4999)
+        bystander = scratch.spawn_workload("sleep")
+        baseline = open_fds()
+        record = kill_group_victim(run_async, reaper, scratch, group, pids)
+        assert record.result is KillResult.KILLED
+        assert record.members == 5000
+        assert group.all_members() == []
+        assert open_fds() == baseline
+        assert bystander.poll() is None
+
+
+def test_group_larger_than_the_soft_fd_limit_is_killed_without_emfile(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """Under a 1,024 soft RLIMIT_NOFILE a 1,200-member group is killed and nothing leaks
+    (one pidfd per member used to hit EMFILE before cgroup.kill was ever written)."""
+    if (reason := scratch_unavailable_reason()) is not None:
+        pytest.skip(f"real-kernel test: {reason}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with ScratchGroup(None) as scratch:
+        group, pids = group_of(scratch, "wide", 1199)
+        baseline = open_fds()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            record = kill_group_victim(run_async, reaper, scratch, group, pids)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert record.result is KillResult.KILLED
+        assert record.members == 1200
+        assert group.all_members() == []
+        assert open_fds() == baseline
+
+
+def test_raise_fd_limit_takes_the_soft_limit_to_the_hard_one() -> None:
+    """Start-up lifts a low soft RLIMIT_NOFILE to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048:
+        pytest.skip(f"hard RLIMIT_NOFILE is {hard}: nothing to raise to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        assert raise_fd_limit() == (1024, hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -1,0 +1,177 @@
+"""Victims that were sent SIGKILL and have not exited yet.
+
+A victim with SIGKILL pending whose memory was reaped (or whose reaping failed) no longer
+needs the scope's attention: what it held is freed, and waiting for its exit would only keep
+the scope from acting on pressure that is still there. A frozen task, or one stuck in the
+kernel, may not exit for a long time. So the actuator hands such a victim here and returns:
+this waits for the exit in the background (one pidfd per victim, on the loop), logs when it
+comes or when the confirmation limit passes, and meanwhile remembers the victim's identity so
+that no policy picks it again while it lives (the guard refuses it, and the snapshot leaves it
+out of the candidates). Shared by every guard of the daemon and kept across reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from pressured.events import KillRecord, KillResult
+from pressured.kernel import pidfd as pidfd_mod
+
+log = structlog.get_logger("pressured.deathwatch")
+
+Identity = tuple[int, int | None]
+"""(pid, start time); a start time of None matches any process with that pid."""
+
+Settled = Callable[[KillRecord], Awaitable[None]]
+
+
+async def wait_exited(pidfd: int, timeout_s: float | None) -> int | None:
+    """Wait on the loop for a pidfd to become readable; the monotonic ns when it did, or None.
+
+    A pidfd polls readable once its process has exited, so this is the death notification:
+    no polling, one ``add_reader`` for the duration. ``timeout_s`` None waits for ever.
+    """
+    if pidfd_mod.has_exited(pidfd):
+        return time.monotonic_ns()
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[int] = loop.create_future()
+
+    def _readable() -> None:
+        if not exited.done():
+            exited.set_result(time.monotonic_ns())
+
+    loop.add_reader(pidfd, _readable)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await exited
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(pidfd)
+
+
+def _ms(start_ns: int, end_ns: int) -> float:
+    return round((end_ns - start_ns) / 1e6, 3)
+
+
+class DeathWatch:
+    """Dying victims by identity, each watched until it exits."""
+
+    def __init__(self) -> None:
+        # The watchdog thread asks too (through its guard), hence the lock.
+        self._lock = threading.Lock()
+        self._dying: dict[Identity, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.undying_total = 0
+
+    def is_dying(self, pid: int, start_time: int | None) -> bool:
+        """Whether this process was already sent SIGKILL and has not exited."""
+        with self._lock:
+            return (pid, start_time) in self._dying or (pid, None) in self._dying
+
+    @property
+    def dying(self) -> dict[Identity, str]:
+        with self._lock:
+            return dict(self._dying)
+
+    def watch(
+        self,
+        pidfd: int,
+        identity: Identity,
+        record: KillRecord,
+        *,
+        signal_ns: int | None,
+        timeout_s: float,
+        settled: Settled | None = None,
+    ) -> None:
+        """Take ownership of ``pidfd`` (closed here, on every path) and follow the victim."""
+        with self._lock:
+            self._dying[identity] = record.target
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self._follow(
+                    pidfd,
+                    identity,
+                    record,
+                    signal_ns=signal_ns,
+                    timeout_s=timeout_s,
+                    settled=settled,
+                ),
+                name=f"deathwatch:{identity[0]}",
+            )
+        except BaseException:
+            self._forget(identity)
+            pidfd_mod.close_quietly(pidfd)
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _forget(self, identity: Identity) -> None:
+        with self._lock:
+            self._dying.pop(identity, None)
+
+    async def _follow(
+        self,
+        pidfd: int,
+        identity: Identity,
+        record: KillRecord,
+        *,
+        signal_ns: int | None,
+        timeout_s: float,
+        settled: Settled | None,
+    ) -> None:
+        try:
+            exit_ns = await wait_exited(pidfd, timeout_s)
+            if exit_ns is not None:
+                final = dataclasses.replace(
+                    record,
+                    result=KillResult.KILLED,
+                    signal_to_exit_ms=_ms(signal_ns, exit_ns) if signal_ns else None,
+                )
+                log.info(
+                    "victim.exit_confirmed",
+                    target=record.target,
+                    pid=identity[0],
+                    signal_to_exit_ms=final.signal_to_exit_ms,
+                )
+            else:
+                final = dataclasses.replace(record, result=KillResult.NOT_CONFIRMED)
+                self.undying_total += 1
+                log.error(
+                    "victim.undying",
+                    target=record.target,
+                    pid=identity[0],
+                    waited_s=timeout_s,
+                    detail="SIGKILL pending but no exit (frozen, or stuck in the kernel); "
+                    "it is never chosen again while it lives",
+                )
+            if settled is not None:
+                with contextlib.suppress(Exception):
+                    await settled(final)
+            if exit_ns is None:
+                exit_ns = await wait_exited(pidfd, None)
+                log.warning(
+                    "victim.undying_exited",
+                    target=record.target,
+                    pid=identity[0],
+                    signal_to_exit_ms=_ms(signal_ns, exit_ns) if signal_ns and exit_ns else None,
+                )
+        finally:
+            self._forget(identity)
+            pidfd_mod.close_quietly(pidfd)
+
+    async def aclose(self) -> None:
+        """Stop watching (shutdown): every pidfd is closed."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
