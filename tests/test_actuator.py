@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import resource
 import signal
@@ -16,7 +17,7 @@ import pytest
 from pressured.actuator import Actuator
 from pressured.config import KillSettings
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
-from pressured.kernel import procfs
+from pressured.kernel import pidfd, procfs
 from pressured.kernel.cgroupfs import Cgroup, discover_layout
 from pressured.policies.base import Decision, Victim
 from pressured.reaper import Reaper
@@ -274,3 +275,78 @@ def test_raise_fd_limit_takes_the_soft_limit_to_the_hard_one() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- #12.3: one kill per cause ---------------------------------------------------------------
+
+FORKING_HOG = """
+import os, signal, sys
+for _ in range(8):
+    if os.fork() == 0:
+        block = bytearray(8 << 20)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
+        while True:
+            signal.pause()
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+        return [int(word) for word in handle.read().split()]
+
+
+def test_victim_with_a_family_dies_with_all_8_children_in_one_kill(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """A parent and its 8 allocating children, named as the victim's family: all 9 die in
+    one kill, the record lists them, the bystander lives, every fd is closed."""
+    scratch.set_limit(512 << 20)
+    bystander = scratch.spawn_workload("sleep")
+    parent = scratch.spawn([sys.executable, "-c", FORKING_HOG])
+    wait_for_ready(parent, 60)
+    children = children_of(parent.pid)
+    assert len(children) == 8
+    snap = snapshot_of(parent.pid, *children, bystander.pid)
+    by_pid = {record.pid: record for record in snap.processes}
+    family = tuple((pid, by_pid[pid].start_time) for pid in children)
+    victim = dataclasses.replace(Victim.process(by_pid[parent.pid], "test"), family=family)
+    watch = [os.pidfd_open(pid) for pid in children]
+    try:
+        baseline = open_fds()
+        actuator = Actuator(reaper, KillSettings(), layout=scratch.layout)
+        record = execute(run_async, actuator, victim, snap)
+        assert open_fds() == baseline
+        assert record.result is KillResult.KILLED
+        assert record.members == 9
+        assert sorted(int(pid) for pid in str(record.figures["family"]).split(",")) == sorted(
+            children
+        )
+        assert parent.wait(10) == -signal.SIGKILL
+        assert all(pidfd.wait_exited(fd, 10) for fd in watch)
+    finally:
+        for fd in watch:
+            os.close(fd)
+    assert bystander.poll() is None
+
+
+def test_family_member_whose_pid_was_reused_is_not_signalled(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """A family entry whose start time no longer matches is skipped: only the victim dies."""
+    victim_proc = scratch.spawn_workload("sleep")
+    other = scratch.spawn_workload("sleep")
+    snap = snapshot_of(victim_proc.pid, other.pid)
+    by_pid = {record.pid: record for record in snap.processes}
+    stale = ((other.pid, by_pid[other.pid].start_time - 1),)
+    victim = dataclasses.replace(Victim.process(by_pid[victim_proc.pid], "test"), family=stale)
+    actuator = Actuator(reaper, KillSettings(), layout=scratch.layout)
+    record = execute(run_async, actuator, victim, snap)
+    assert record.result is KillResult.KILLED
+    assert record.members == 1 and record.figures["family_skipped"] == 1
+    assert victim_proc.wait(10) == -signal.SIGKILL
+    assert other.poll() is None

@@ -7,12 +7,16 @@ one fault, then proves the controller still reacts by handling a normal event af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import signal
 import subprocess
 import threading
+import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -297,3 +301,100 @@ def test_event_burst_is_bounded_and_the_rate_limit_holds(
     assert peak_queue <= 8
     assert grown < 2 << 20
     assert sum(1 for v in victims if v.poll() is None) == 3
+
+
+def test_reload_keeps_the_cooldown_of_the_last_kill(
+    run_async: RunAsync, scratch: ScratchGroup, bystander: subprocess.Popen[bytes]
+) -> None:
+    """A kill, then SIGHUP's reload, then an event inside the cooldown: deferred, not a
+    second kill (the reload used to start the guard's history over)."""
+    scratch.set_limit(256 << 20)
+    first = scratch.spawn_workload("hog", "32")
+    second = scratch.spawn_workload("hog", "16")
+    settings = settings_for(
+        scratch, guard={"cooldown_ms": 600_000, "protect_cmdline": ["workloads sleep"]}
+    )
+
+    async def go() -> tuple[KillRecord | None, KillRecord | None, int]:
+        async with Controller(settings, reload=lambda: settings) as controller:
+            killed = await handle(controller, scratch)
+            assert await controller.reload()
+            after = await handle(controller, scratch)
+            return killed, after, controller.scopes[0].stats.deferred
+
+    killed, after, deferred = run_async(go())
+    assert killed is not None and killed.pid == first.pid
+    assert first.wait(10) == -signal.SIGKILL
+    assert after is None and deferred == 1
+    assert second.poll() is None
+
+
+FREEZER_V1 = Path("/sys/fs/cgroup/freezer")
+
+
+@contextlib.contextmanager
+def frozen_v1(pid: int) -> Iterator[Path]:
+    """Freeze ``pid`` in its own v1 freezer group; thaw and remove the group afterwards."""
+    if not (FREEZER_V1 / "cgroup.procs").exists():
+        pytest.skip("needs the cgroup v1 freezer (a v2-frozen task still dies on SIGKILL)")
+    group = FREEZER_V1 / f"pressured-test-{uuid.uuid4().hex[:10]}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(pid))
+        (group / "freezer.state").write_text("FROZEN")
+        for _ in range(500):
+            if (group / "freezer.state").read_text().strip() == "FROZEN":
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the freezer did not reach FROZEN")
+        yield group
+    finally:
+        (group / "freezer.state").write_text("THAWED")
+        for _ in range(500):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
+    run_async: RunAsync, scratch: ScratchGroup, bystander: subprocess.Popen[bytes]
+) -> None:
+    """A frozen victim cannot exit after SIGKILL, yet mrelease frees its memory: the scope
+    acts again at once (the next victim is killed while the frozen one still lives) and the
+    frozen one is never chosen again."""
+    scratch.set_limit(256 << 20)
+    frozen = scratch.spawn_workload("hog", "48")
+    second = scratch.spawn_workload("hog", "24")
+    settings = settings_for(
+        scratch,
+        policies=[{"name": "largest"}],
+        guard={"protect_cmdline": ["workloads sleep"]},
+        kill={"confirm_timeout_ms": 120_000},
+    )
+    with frozen_v1(frozen.pid):
+
+        async def go() -> tuple[list[KillRecord | None], int, bool]:
+            async with Controller(settings) as controller:
+                records = [await handle(controller, scratch)]
+                in_flight = controller.scopes[0].guard.in_flight
+                records.append(await handle(controller, scratch))
+                records.append(await handle(controller, scratch))
+                watched = any(pid == frozen.pid for pid, _ in controller.deaths.dying)
+                return records, in_flight, watched
+
+        records, in_flight, watched = run_async(go())
+        first, then, last = records
+        assert first is not None and first.pid == frozen.pid
+        assert first.result is KillResult.DYING
+        assert first.mrelease is not None and str(first.mrelease.status) == "reaped"
+        assert in_flight == 0
+        assert then is not None and then.pid == second.pid
+        assert then.result is KillResult.KILLED
+        assert watched
+        assert last is None  # the frozen one is no candidate; the bystander is protected
+        assert frozen.poll() is None  # all that happened while it still lived
+    assert frozen.wait(10) == -signal.SIGKILL  # thawed: it dies at once
+    assert second.wait(10) == -signal.SIGKILL
