@@ -29,6 +29,7 @@ class Pacing:
         self._kills: deque[float] = deque()
         self._in_flight = 0
         self._cooldown_until = 0.0
+        self._last_finished: float | None = None
 
     def _why_not_locked(self, max_kills_per_minute: int) -> str | None:
         now = self._clock()
@@ -68,7 +69,15 @@ class Pacing:
         """The kill is done with (memory reaped, confirmed dead or failed): settle from now."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
-            self._cooldown_until = self._clock() + cooldown_s
+            self._last_finished = self._clock()
+            self._cooldown_until = self._last_finished + cooldown_s
+
+    def seconds_since_last_kill(self) -> float | None:
+        """Time since the last kill was done with, or None before the first."""
+        with self._lock:
+            if self._last_finished is None:
+                return None
+            return self._clock() - self._last_finished
 
     @property
     def in_flight(self) -> int:

@@ -117,6 +117,7 @@ class Watchdog:
         self.privileged = privileged
         self.dry_run = dry_run
         self._fds: dict[int, WatchedScope] = {}
+        self._windows_s: dict[int, float] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self.stuck_detected = 0
@@ -126,7 +127,9 @@ class Watchdog:
     def start(self) -> None:
         for scope in self.scopes:
             spec, _ = psi.legalize(scope.spec, privileged=self.privileged)
-            self._fds[psi.open_trigger(scope.pressure_path, spec)] = scope
+            fd = psi.open_trigger(scope.pressure_path, spec)
+            self._fds[fd] = scope
+            self._windows_s[fd] = spec.window_us / 1e6
         self._thread = threading.Thread(target=self._run, name="pressured-watchdog", daemon=True)
         self._thread.start()
 
@@ -160,10 +163,20 @@ class Watchdog:
                 return
             for fd, mask in ready:
                 if mask & select.POLLPRI and fd in self._fds:
-                    self._on_pressure(self._fds[fd])
+                    self._on_pressure(self._fds[fd], self._windows_s[fd])
 
-    def _on_pressure(self, scope: WatchedScope) -> None:
+    def _stale(self, window_s: float) -> bool:
+        """Whether a trigger event may only count stall that the last kill (ours or the
+        loop's) already ended: an event can carry stall from up to two windows back, the
+        same rule the scopes apply. Acting on it would take an innocent second victim."""
+        since = self.guard.pacing_state.seconds_since_last_kill()
+        return since is not None and since < 2 * window_s
+
+    def _on_pressure(self, scope: WatchedScope, window_s: float) -> None:
         self.checks += 1
+        if self._stale(window_s):
+            log.info("watchdog.stale_event", scope=scope.name, window_s=window_s)
+            return
         started = time.monotonic()
         if self.loop_answers(self.stall_limit_s):
             return

@@ -56,8 +56,9 @@ def test_blocked_loop_under_pressure_is_rescued_by_the_watchdog(
         # The loop comes back after the plugin returns, and the daemon still stops cleanly.
         assert daemon.stop(40) == 0
     watchdog_entries = [e for e in read_journal(journal) if e["policy"] == "watchdog"]
-    assert watchdog_entries[0]["pid"] == thrasher.pid
-    assert watchdog_entries[0]["result"] == "killed"
+    assert [(e["pid"], e["result"]) for e in watchdog_entries] == [(thrasher.pid, "killed")]
+    # Trigger events that still carry the thrasher's stall are not a reason for a second kill.
+    assert bystander.poll() is None
 
 
 class RecordingSink:
