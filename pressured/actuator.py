@@ -511,17 +511,36 @@ class Actuator:
                 error=outcome.kill_error if outcome else "reaper unresponsive",
             )
             return result(KillResult.FAILED, len(pids))
-        exit_ns = await wait_group_empty(group, self.settings.confirm_timeout_ms / 1000)
+        confirm_s = self.settings.confirm_timeout_ms / 1000
+        # Scaled by the group's size: exiting thousands of processes takes the kernel a while
+        # even when none is stuck, and the largest members are reaped already.
+        settle_s = min(confirm_s, EXIT_SETTLE_S * max(1.0, len(pids) / 100))
+        exit_ns = await wait_group_empty(group, settle_s)
         reaped = [m.reaped_ns for m in outcome.members if m.reaped_ns is not None]
         first = next((m.mrelease for m in outcome.members if m.mrelease), None)
-        return result(
-            KillResult.KILLED if exit_ns is not None else KillResult.NOT_CONFIRMED,
+        kill_record = result(
+            KillResult.KILLED if exit_ns is not None else KillResult.DYING,
             len(pids),
             mrelease=first,
             signal_ns=outcome.signal_ns,
             reaped_ns=max(reaped) if reaped else None,
             exit_ns=exit_ns,
         )
+        if exit_ns is None:
+            log.warning(
+                "victim.dying",
+                target=kill_record.target,
+                detail="cgroup.kill sent and the largest members reaped, the group is not "
+                "empty yet: the scope moves on, emptiness is confirmed in the background",
+            )
+            self.deaths.watch_group(
+                group.path,
+                partial(wait_group_empty, group),
+                kill_record,
+                signal_ns=outcome.signal_ns,
+                timeout_s=confirm_s - settle_s,
+            )
+        return kill_record
 
 
 @dataclass(slots=True)

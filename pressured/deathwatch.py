@@ -30,6 +30,8 @@ Identity = tuple[int, int | None]
 """(pid, start time); a start time of None matches any process with that pid."""
 
 Settled = Callable[[KillRecord], Awaitable[None]]
+GroupWait = Callable[[float | None], Awaitable[int | None]]
+"""Waits (up to the timeout given, None: for ever) until a group is empty; monotonic ns."""
 
 
 async def wait_exited(pidfd: int, timeout_s: float | None) -> int | None:
@@ -68,6 +70,7 @@ class DeathWatch:
         # The watchdog thread asks too (through its guard), hence the lock.
         self._lock = threading.Lock()
         self._dying: dict[Identity, str] = {}
+        self._dying_groups: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.undying_total = 0
 
@@ -75,6 +78,11 @@ class DeathWatch:
         """Whether this process was already sent SIGKILL and has not exited."""
         with self._lock:
             return (pid, start_time) in self._dying or (pid, None) in self._dying
+
+    def is_dying_group(self, path: str) -> bool:
+        """Whether this cgroup was already killed and still holds processes."""
+        with self._lock:
+            return path in self._dying_groups
 
     @property
     def dying(self) -> dict[Identity, str]:
@@ -109,6 +117,51 @@ class DeathWatch:
         except BaseException:
             self._forget(identity)
             pidfd_mod.close_quietly(pidfd)
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def watch_group(
+        self,
+        path: str,
+        wait_empty: GroupWait,
+        record: KillRecord,
+        *,
+        signal_ns: int | None,
+        timeout_s: float,
+    ) -> None:
+        """Follow a killed cgroup until it is empty (no fd per member: ``wait_empty`` watches
+        its ``cgroup.events``)."""
+        with self._lock:
+            self._dying_groups.add(path)
+
+        async def follow() -> None:
+            try:
+                empty_ns = await wait_empty(timeout_s)
+                if empty_ns is None:
+                    self.undying_total += 1
+                    log.error(
+                        "victim.undying",
+                        target=record.target,
+                        waited_s=timeout_s,
+                        detail="cgroup.kill sent but the group still holds processes; it is "
+                        "never chosen again while it does",
+                    )
+                    empty_ns = await wait_empty(None)
+                log.info(
+                    "victim.exit_confirmed",
+                    target=record.target,
+                    signal_to_exit_ms=_ms(signal_ns, empty_ns) if signal_ns and empty_ns else None,
+                )
+            finally:
+                with self._lock:
+                    self._dying_groups.discard(path)
+
+        try:
+            task = asyncio.get_running_loop().create_task(follow(), name=f"deathwatch:{path}")
+        except BaseException:
+            with self._lock:
+                self._dying_groups.discard(path)
             raise
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -166,6 +219,11 @@ class DeathWatch:
         finally:
             self._forget(identity)
             pidfd_mod.close_quietly(pidfd)
+
+    async def wait_all(self) -> None:
+        """Wait until every victim followed now has exited (tests, orderly shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Stop watching (shutdown): every pidfd is closed."""

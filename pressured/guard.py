@@ -112,6 +112,8 @@ class Guard:
         if victim.kind is VictimKind.CGROUP:
             if victim.cgroup is None or snapshot.cgroup(victim.cgroup) is None:
                 return f"cgroup {victim.cgroup!r} is not in the snapshot"
+            if self.deaths is not None and self.deaths.is_dying_group(victim.cgroup):
+                return f"cgroup {victim.cgroup} was killed already and is not empty (undying)"
             return self.cgroup_protection(victim.cgroup, snapshot)
         if victim.pid is None:
             return "process victim without a pid"

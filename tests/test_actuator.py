@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from pressured.actuator import Actuator
-from pressured.config import KillSettings
+from pressured.config import GuardSettings, KillSettings
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
+from pressured.guard import Guard
 from pressured.kernel import pidfd, procfs
 from pressured.kernel.cgroupfs import Cgroup, discover_layout
 from pressured.policies.base import Decision, Victim
@@ -24,6 +25,7 @@ from pressured.reaper import Reaper
 from pressured.selfprotect import raise_fd_limit
 from pressured.snapshot import CgroupRecord, Snapshot
 from pressured.testing.scratch import ScratchGroup, scratch_unavailable_reason, wait_for_ready
+from tests.freezing import frozen_v1
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 pytestmark = pytest.mark.kernel
@@ -350,3 +352,43 @@ def test_family_member_whose_pid_was_reused_is_not_signalled(
     assert record.members == 1 and record.figures["family_skipped"] == 1
     assert victim_proc.wait(10) == -signal.SIGKILL
     assert other.poll() is None
+
+
+# -- #12.4: a group that cannot empty does not hold the scope -------------------------------
+
+
+def test_group_with_a_frozen_member_is_dying_refused_again_and_confirmed_once_thawed(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """cgroup.kill of a group whose member is frozen (v1 freezer): the kill returns as
+    'dying' instead of waiting, the guard refuses the group meanwhile, and once thawed the
+    group empties and the watch ends."""
+    group = scratch.child("stuck")
+    stuck = scratch.spawn_workload("hog", "16", group=group)
+    other = scratch.spawn_workload("sleep", group=group)
+    pids = group.all_members()
+    record_group = CgroupRecord(path=group.path, memory=None, pressure=None, pids=tuple(pids))
+    event = PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+    snap = Snapshot(scope=scratch.path, event=event, processes=(), cgroups=(record_group,))
+    actuator = Actuator(reaper, KillSettings(confirm_timeout_ms=120_000), layout=scratch.layout)
+    guard = Guard(GuardSettings(), deaths=actuator.deaths)
+    victim = Victim.group(record_group, "test")
+
+    async def go() -> tuple[KillRecord, str | None, bool]:
+        with frozen_v1(stuck.pid):
+            record = await actuator.execute(
+                victim, snap, Decision.kill(victim), decided_ns=0, dry_run=False
+            )
+            refused = guard.check(victim, snap)
+        # Thawed: the SIGKILL it has pending ends it, the group empties, the watch ends.
+        async with asyncio.timeout(30):
+            await actuator.deaths.wait_all()
+        return record, refused, actuator.deaths.is_dying_group(group.path)
+
+    record, refused, still_dying = run_async(go())
+    assert record.result is KillResult.DYING
+    assert record.signal == "cgroup.kill"
+    assert refused is not None and "undying" in refused
+    assert not still_dying
+    assert stuck.wait(10) == -signal.SIGKILL
+    assert other.wait(10) == -signal.SIGKILL

@@ -7,16 +7,12 @@ one fault, then proves the controller still reacts by handling a normal event af
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import signal
 import subprocess
 import threading
-import time
 import tracemalloc
-import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -28,6 +24,7 @@ from pressured.kernel import pidfd
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.snapshot import Snapshot
 from pressured.testing.scratch import ScratchGroup
+from tests.freezing import frozen_v1
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 pytestmark = pytest.mark.kernel
@@ -327,36 +324,6 @@ def test_reload_keeps_the_cooldown_of_the_last_kill(
     assert first.wait(10) == -signal.SIGKILL
     assert after is None and deferred == 1
     assert second.poll() is None
-
-
-FREEZER_V1 = Path("/sys/fs/cgroup/freezer")
-
-
-@contextlib.contextmanager
-def frozen_v1(pid: int) -> Iterator[Path]:
-    """Freeze ``pid`` in its own v1 freezer group; thaw and remove the group afterwards."""
-    if not (FREEZER_V1 / "cgroup.procs").exists():
-        pytest.skip("needs the cgroup v1 freezer (a v2-frozen task still dies on SIGKILL)")
-    group = FREEZER_V1 / f"pressured-test-{uuid.uuid4().hex[:10]}"
-    group.mkdir()
-    try:
-        (group / "cgroup.procs").write_text(str(pid))
-        (group / "freezer.state").write_text("FROZEN")
-        for _ in range(500):
-            if (group / "freezer.state").read_text().strip() == "FROZEN":
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the freezer did not reach FROZEN")
-        yield group
-    finally:
-        (group / "freezer.state").write_text("THAWED")
-        for _ in range(500):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.02)
 
 
 def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
