@@ -403,7 +403,7 @@ class ScopeRunner:
         finally:
             self.guard.kill_finished()
         self.stats.kills += 1
-        if record.result is KillResult.KILLED:
+        if record.result in (KillResult.KILLED, KillResult.DYING):  # dying: memory reaped
             self._last_kill_done_ns = time.monotonic_ns()
         await self._emit_kill(record)
         return record

@@ -20,7 +20,7 @@ import pytest
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
-from pressured.kernel import pidfd
+from pressured.kernel import pidfd, psi
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.snapshot import Snapshot
 from pressured.testing.scratch import ScratchGroup
@@ -326,6 +326,11 @@ def test_reload_keeps_the_cooldown_of_the_last_kill(
     assert second.poll() is None
 
 
+def psi_event(scratch: ScratchGroup) -> PressureEvent:
+    trigger = psi.TriggerSpec(psi.Resource.MEMORY, "some", 140_000, 2_000_000)
+    return PressureEvent(scope=scratch.path, level="some", source=EventSource.PSI, trigger=trigger)
+
+
 def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
     run_async: RunAsync, scratch: ScratchGroup, bystander: subprocess.Popen[bytes]
 ) -> None:
@@ -347,6 +352,9 @@ def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
             async with Controller(settings) as controller:
                 records = [await handle(controller, scratch)]
                 in_flight = controller.scopes[0].guard.in_flight
+                # A trigger event right after it may count the stall the kill just ended.
+                stale = controller.scopes[0]._stale(psi_event(scratch))
+                assert stale is not None and stale.startswith("stale")
                 records.append(await handle(controller, scratch))
                 records.append(await handle(controller, scratch))
                 watched = any(pid == frozen.pid for pid, _ in controller.deaths.dying)
