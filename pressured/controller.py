@@ -81,7 +81,7 @@ class Controller:
         # Kill history and dying victims outlive any one configuration (SIGHUP) and are
         # shared with the watchdog thread.
         self.pacing = Pacing()
-        self.deaths = DeathWatch()
+        self.deaths = DeathWatch(on_settled=self._kill_settled)
         self.layout: CgroupLayout | None = None
         self.privileged = False
         self.scopes: list[ScopeRunner] = []
@@ -436,6 +436,13 @@ class Controller:
         return True
 
     # -- events out -----------------------------------------------------------------------
+    def _kill_settled(self, final: KillRecord) -> None:
+        """A dying victim's exit was confirmed (or given up on) in the background: /status
+        shows how its kill ended."""
+        for index, record in enumerate(self.recent):
+            if (record.wall_time, record.target) == (final.wall_time, final.target):
+                self.recent[index] = final
+
     def _recent_kills(self) -> tuple[RecentKill, ...]:
         return tuple(
             RecentKill(r.target, r.pid, r.cgroup, r.wall_time, r.policy) for r in self.recent

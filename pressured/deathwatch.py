@@ -29,7 +29,8 @@ log = structlog.get_logger("pressured.deathwatch")
 Identity = tuple[int, int | None]
 """(pid, start time); a start time of None matches any process with that pid."""
 
-Settled = Callable[[KillRecord], Awaitable[None]]
+Settled = Callable[[KillRecord], None]
+"""Told how a dying victim's kill ended: KILLED with its exit time, or NOT_CONFIRMED."""
 GroupWait = Callable[[float | None], Awaitable[int | None]]
 """Waits (up to the timeout given, None: for ever) until a group is empty; monotonic ns."""
 
@@ -66,7 +67,8 @@ def _ms(start_ns: int, end_ns: int) -> float:
 class DeathWatch:
     """Dying victims by identity, each watched until it exits."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_settled: Settled | None = None) -> None:
+        self.on_settled = on_settled
         # The watchdog thread asks too (through its guard), hence the lock.
         self._lock = threading.Lock()
         self._dying: dict[Identity, str] = {}
@@ -97,7 +99,6 @@ class DeathWatch:
         *,
         signal_ns: int | None,
         timeout_s: float,
-        settled: Settled | None = None,
     ) -> None:
         """Take ownership of ``pidfd`` (closed here, on every path) and follow the victim."""
         with self._lock:
@@ -110,7 +111,6 @@ class DeathWatch:
                     record,
                     signal_ns=signal_ns,
                     timeout_s=timeout_s,
-                    settled=settled,
                 ),
                 name=f"deathwatch:{identity[0]}",
             )
@@ -138,6 +138,7 @@ class DeathWatch:
         async def follow() -> None:
             try:
                 empty_ns = await wait_empty(timeout_s)
+                self._settled(record, signal_ns, empty_ns)
                 if empty_ns is None:
                     self.undying_total += 1
                     log.error(
@@ -166,6 +167,25 @@ class DeathWatch:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _settled(
+        self, record: KillRecord, signal_ns: int | None, exit_ns: int | None
+    ) -> KillRecord:
+        """The kill record as it ended, handed to ``on_settled`` (never raises)."""
+        if exit_ns is not None:
+            final = dataclasses.replace(
+                record,
+                result=KillResult.KILLED,
+                signal_to_exit_ms=_ms(signal_ns, exit_ns) if signal_ns else None,
+            )
+        else:
+            final = dataclasses.replace(record, result=KillResult.NOT_CONFIRMED)
+        if self.on_settled is not None:
+            try:
+                self.on_settled(final)
+            except Exception as exc:  # a reporting callback must not end the watch
+                log.warning("deathwatch.settled_failed", error=repr(exc))
+        return final
+
     def _forget(self, identity: Identity) -> None:
         with self._lock:
             self._dying.pop(identity, None)
@@ -178,16 +198,11 @@ class DeathWatch:
         *,
         signal_ns: int | None,
         timeout_s: float,
-        settled: Settled | None,
     ) -> None:
         try:
             exit_ns = await wait_exited(pidfd, timeout_s)
+            final = self._settled(record, signal_ns, exit_ns)
             if exit_ns is not None:
-                final = dataclasses.replace(
-                    record,
-                    result=KillResult.KILLED,
-                    signal_to_exit_ms=_ms(signal_ns, exit_ns) if signal_ns else None,
-                )
                 log.info(
                     "victim.exit_confirmed",
                     target=record.target,
@@ -195,7 +210,6 @@ class DeathWatch:
                     signal_to_exit_ms=final.signal_to_exit_ms,
                 )
             else:
-                final = dataclasses.replace(record, result=KillResult.NOT_CONFIRMED)
                 self.undying_total += 1
                 log.error(
                     "victim.undying",
@@ -205,9 +219,6 @@ class DeathWatch:
                     detail="SIGKILL pending but no exit (frozen, or stuck in the kernel); "
                     "it is never chosen again while it lives",
                 )
-            if settled is not None:
-                with contextlib.suppress(Exception):
-                    await settled(final)
             if exit_ns is None:
                 exit_ns = await wait_exited(pidfd, None)
                 log.warning(

@@ -16,6 +16,7 @@ import pytest
 
 from pressured.actuator import Actuator
 from pressured.config import GuardSettings, KillSettings
+from pressured.deathwatch import DeathWatch
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
 from pressured.kernel import pidfd, procfs
@@ -370,7 +371,13 @@ def test_group_with_a_frozen_member_is_dying_refused_again_and_confirmed_once_th
     record_group = CgroupRecord(path=group.path, memory=None, pressure=None, pids=tuple(pids))
     event = PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
     snap = Snapshot(scope=scratch.path, event=event, processes=(), cgroups=(record_group,))
-    actuator = Actuator(reaper, KillSettings(confirm_timeout_ms=120_000), layout=scratch.layout)
+    settled: list[KillRecord] = []
+    actuator = Actuator(
+        reaper,
+        KillSettings(confirm_timeout_ms=120_000),
+        layout=scratch.layout,
+        deaths=DeathWatch(on_settled=settled.append),
+    )
     guard = Guard(GuardSettings(), deaths=actuator.deaths)
     victim = Victim.group(record_group, "test")
 
@@ -390,5 +397,7 @@ def test_group_with_a_frozen_member_is_dying_refused_again_and_confirmed_once_th
     assert record.signal == "cgroup.kill"
     assert refused is not None and "undying" in refused
     assert not still_dying
+    assert [(r.target, r.result) for r in settled] == [(record.target, KillResult.KILLED)]
+    assert settled[0].signal_to_exit_ms is not None
     assert stuck.wait(10) == -signal.SIGKILL
     assert other.wait(10) == -signal.SIGKILL
