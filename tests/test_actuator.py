@@ -6,9 +6,11 @@ import asyncio
 import dataclasses
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -401,3 +403,36 @@ def test_group_with_a_frozen_member_is_dying_refused_again_and_confirmed_once_th
     assert settled[0].signal_to_exit_ms is not None
     assert stuck.wait(10) == -signal.SIGKILL
     assert other.wait(10) == -signal.SIGKILL
+
+
+def wait_for_events_line(group: Cgroup, line: str, timeout_s: float = 10.0) -> None:
+    """Wait for a line in ``cgroup.events``; the kernel wakes pollers (POLLPRI) on changes."""
+    fd = os.open(group.file("cgroup.events"), os.O_RDONLY)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+        deadline = time.monotonic() + timeout_s
+        while line not in os.pread(fd, 4096, 0).decode().splitlines():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {line!r} in {group.path}/cgroup.events"
+            poller.poll(remaining * 1000)
+    finally:
+        os.close(fd)
+
+
+def test_kernel_fact_a_v2_frozen_task_still_dies_on_sigkill(scratch: ScratchGroup) -> None:
+    """Kernel fact the frozen-victim tests rest on: cgroup v2 ``cgroup.freeze`` lets a fatal
+    signal through (the task exits while its group stays frozen), so only the v1 freezer
+    makes a task that cannot exit after SIGKILL."""
+    group = scratch.child("v2frozen")
+    proc = scratch.spawn_workload("hog", "16", group=group)
+    group.freeze()
+    wait_for_events_line(group, "frozen 1")
+    fd = pidfd.open_pidfd(proc.pid)
+    try:
+        pidfd.send_signal(fd)
+        assert pidfd.wait_exited(fd, 10)
+    finally:
+        os.close(fd)
+        group.thaw()
+    assert proc.wait(10) == -signal.SIGKILL
