@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,10 @@ class DeathWatch:
         self._lock = threading.Lock()
         self._dying: dict[Identity, str] = {}
         self._dying_groups: set[str] = set()
+        # Kills still within their confirmation time, by scope: until the victim is gone (or
+        # given up on), the scope's own refault figures may still be the victim's doing.
+        self._confirming: dict[int, str] = {}
+        self._keys = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self.undying_total = 0
 
@@ -85,6 +90,22 @@ class DeathWatch:
         """Whether this cgroup was already killed and still holds processes."""
         with self._lock:
             return path in self._dying_groups
+
+    def confirming(self, scope: str) -> bool:
+        """Whether a kill in ``scope`` still waits for its victim's exit (within the
+        confirmation time; an undying victim no longer counts)."""
+        with self._lock:
+            return scope in self._confirming.values()
+
+    def _start_confirming(self, scope: str) -> int:
+        key = next(self._keys)
+        with self._lock:
+            self._confirming[key] = scope
+        return key
+
+    def _stop_confirming(self, key: int) -> None:
+        with self._lock:
+            self._confirming.pop(key, None)
 
     @property
     def dying(self) -> dict[Identity, str]:
@@ -103,12 +124,14 @@ class DeathWatch:
         """Take ownership of ``pidfd`` (closed here, on every path) and follow the victim."""
         with self._lock:
             self._dying[identity] = record.target
+        key = self._start_confirming(record.scope)
         try:
             task = asyncio.get_running_loop().create_task(
                 self._follow(
                     pidfd,
                     identity,
                     record,
+                    key=key,
                     signal_ns=signal_ns,
                     timeout_s=timeout_s,
                 ),
@@ -116,6 +139,7 @@ class DeathWatch:
             )
         except BaseException:
             self._forget(identity)
+            self._stop_confirming(key)
             pidfd_mod.close_quietly(pidfd)
             raise
         self._tasks.add(task)
@@ -134,10 +158,12 @@ class DeathWatch:
         its ``cgroup.events``)."""
         with self._lock:
             self._dying_groups.add(path)
+        key = self._start_confirming(record.scope)
 
         async def follow() -> None:
             try:
                 empty_ns = await wait_empty(timeout_s)
+                self._stop_confirming(key)
                 self._settled(record, signal_ns, empty_ns)
                 if empty_ns is None:
                     self.undying_total += 1
@@ -155,12 +181,14 @@ class DeathWatch:
                     signal_to_exit_ms=_ms(signal_ns, empty_ns) if signal_ns and empty_ns else None,
                 )
             finally:
+                self._stop_confirming(key)
                 with self._lock:
                     self._dying_groups.discard(path)
 
         try:
             task = asyncio.get_running_loop().create_task(follow(), name=f"deathwatch:{path}")
         except BaseException:
+            self._stop_confirming(key)
             with self._lock:
                 self._dying_groups.discard(path)
             raise
@@ -196,11 +224,13 @@ class DeathWatch:
         identity: Identity,
         record: KillRecord,
         *,
+        key: int,
         signal_ns: int | None,
         timeout_s: float,
     ) -> None:
         try:
             exit_ns = await wait_exited(pidfd, timeout_s)
+            self._stop_confirming(key)
             final = self._settled(record, signal_ns, exit_ns)
             if exit_ns is not None:
                 log.info(
@@ -228,6 +258,7 @@ class DeathWatch:
                     signal_to_exit_ms=_ms(signal_ns, exit_ns) if signal_ns and exit_ns else None,
                 )
         finally:
+            self._stop_confirming(key)
             self._forget(identity)
             pidfd_mod.close_quietly(pidfd)
 

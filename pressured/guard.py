@@ -142,6 +142,14 @@ class Guard:
         settle delay."""
         self.pacing_state.kill_finished(self.settings.cooldown_ms / 1000)
 
+    def victim_dying(self, scope: str) -> str | None:
+        """Why refault figures of ``scope`` are no evidence yet, or None: a victim of its last
+        kill has SIGKILL pending and has not exited, and may still be faulting itself (a
+        trigger event, past its stale window, still is evidence)."""
+        if self.deaths is not None and self.deaths.confirming(scope):
+            return "a victim of this scope is still dying"
+        return None
+
     @property
     def in_flight(self) -> int:
         return self.pacing_state.in_flight

@@ -296,6 +296,9 @@ class ScopeRunner:
                 continue
             except TimeoutError:
                 event = None
+            if self.guard.victim_dying(self.name) is not None:
+                baseline = await self._refaults()  # its own faults are no evidence
+                continue
             if self.guard.pacing() is not None:
                 continue
             current = await self._refaults()

@@ -348,13 +348,16 @@ def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
     )
     with frozen_v1(frozen.pid) as freezer:
 
-        async def go() -> tuple[list[KillRecord | None], int, bool, bool, KillResult]:
+        async def go() -> tuple[list[KillRecord | None], int, bool, bool, KillResult, bool]:
             async with Controller(settings) as controller:
                 records = [await handle(controller, scratch)]
                 in_flight = controller.scopes[0].guard.in_flight
                 # A trigger event right after it may count the stall the kill just ended.
                 stale = controller.scopes[0]._stale(psi_event(scratch))
                 assert stale is not None and stale.startswith("stale")
+                # Nor are the scope's refaults evidence while its victim is still dying.
+                guard = controller.scopes[0].guard
+                assert guard.victim_dying(scratch.path) is not None
                 records.append(await handle(controller, scratch))
                 records.append(await handle(controller, scratch))
                 watched = any(pid == frozen.pid for pid, _ in controller.deaths.dying)
@@ -365,9 +368,10 @@ def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
                 async with asyncio.timeout(30):
                     await controller.deaths.wait_all()
                 final = controller.recent[0].result
-                return records, in_flight, watched, alive_through_it_all, final
+                evidence_again = guard.victim_dying(scratch.path) is None
+                return records, in_flight, watched, alive_through_it_all, final, evidence_again
 
-        records, in_flight, watched, alive_through_it_all, final = run_async(go())
+        records, in_flight, watched, alive_through_it_all, final, evidence_again = run_async(go())
         first, then, last = records
         assert first is not None and first.pid == frozen.pid
         assert first.result is KillResult.DYING
@@ -379,5 +383,6 @@ def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
         assert last is None  # the frozen one is no candidate; the bystander is protected
         assert alive_through_it_all  # all that happened while the frozen one still lived
         assert final is KillResult.KILLED
+        assert evidence_again
     assert frozen.wait(10) == -signal.SIGKILL
     assert second.wait(10) == -signal.SIGKILL
