@@ -369,7 +369,7 @@ class Actuator:
             log.error("victim.unwatched", pid=victim.pid, error=exc.strerror)
             return
         log.warning(
-            "victim.dying",
+            "victim.exit_pending",
             pid=victim.pid,
             target=record.target,
             mrelease=str(record.mrelease.status) if record.mrelease else None,
@@ -528,7 +528,7 @@ class Actuator:
         )
         if exit_ns is None:
             log.warning(
-                "victim.dying",
+                "victim.exit_pending",
                 target=kill_record.target,
                 detail="cgroup.kill sent and the largest members reaped, the group is not "
                 "empty yet: the scope moves on, emptiness is confirmed in the background",
