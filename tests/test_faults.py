@@ -11,6 +11,7 @@ import errno
 import signal
 import subprocess
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ClassVar
@@ -350,7 +351,9 @@ def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
 
         async def go() -> tuple[list[KillRecord | None], int, bool, bool, KillResult, bool]:
             async with Controller(settings) as controller:
+                started = time.monotonic()
                 records = [await handle(controller, scratch)]
+                print(f"frozen victim: scope free after {time.monotonic() - started:.2f} s")
                 in_flight = controller.scopes[0].guard.in_flight
                 # A trigger event right after it may count the stall the kill just ended.
                 stale = controller.scopes[0]._stale(psi_event(scratch))
