@@ -2,24 +2,37 @@
 
 For a process victim: open its pidfd at once (pinning its identity), re-check its start time
 against the snapshot (a reused PID is refused), optionally SIGTERM and wait a grace period,
-then hand SIGKILL + mrelease to the reaper thread, and wait for the pidfd to turn readable
-(the victim exited). For a cgroup victim: a pidfd per member, then ``cgroup.kill`` and mrelease
-of each member on the reaper thread. Every path ends in one :class:`KillRecord`.
+then hand SIGKILL + mrelease to the reaper thread (with the victim's family, if the policy
+named one: each member's pidfd opened and its identity checked, in bounded batches), and wait
+briefly for the pidfd to turn readable. A victim that has not exited by then has had its
+memory reaped (or reaping failed) and SIGKILL is pending: the record says ``dying``, the scope
+is free again, and :class:`~pressured.deathwatch.DeathWatch` confirms the exit in the
+background and keeps the victim from being chosen again meanwhile.
+
+For a cgroup victim: pidfds for a bounded number of its largest members (so their memory can
+be reaped), then ``cgroup.kill`` and mrelease of those on the reaper thread, then the group's
+``cgroup.events`` is watched for ``populated 0``: no fd per member, whatever the group's size.
+Every fd is closed on every path. Every path ends in one :class:`KillRecord`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import select
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import structlog
 
 from pressured.config import KillSettings
+from pressured.deathwatch import DeathWatch, wait_exited
 from pressured.events import (
     PRESSURE_LEVEL_KEY,
     KillReason,
@@ -33,8 +46,10 @@ from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.kernel.pidfd import MreleaseResult
 from pressured.policies.base import Decision, Victim
-from pressured.reaper import Reaper, ReaperBusy
+from pressured.reaper import Reaper, ReaperBusy, ReapOutcome
 from pressured.snapshot import Snapshot
+
+__all__ = ["Actuator", "PreKillHook", "elapsed_ms", "identity_matches", "wait_exited"]
 
 log = structlog.get_logger("pressured.actuator")
 T = TypeVar("T")
@@ -42,30 +57,21 @@ T = TypeVar("T")
 PreKillHook = Callable[[Mapping[str, str]], Awaitable[None]]
 """Called with the victim's facts before the signal; bounded by its own time limits."""
 
+GROUP_MRELEASE_MEMBERS = 16
+"""A cgroup victim: pidfds are opened for this many of its largest members only (to mrelease
+them); the rest die by ``cgroup.kill`` alone. One fd per member would hit EMFILE on a large
+group, and the few largest hold most of the memory worth reaping at once."""
 
-async def wait_exited(pidfd: int, timeout_s: float) -> int | None:
-    """Wait on the loop for a pidfd to become readable; the monotonic ns when it did, or None.
+FAMILY_BATCH = 64
+"""A process victim's family is signalled in batches of this many pidfds at most."""
 
-    A pidfd polls readable once its process has exited, so this is the death notification:
-    no polling, one ``add_reader`` for the duration.
-    """
-    if pidfd_mod.has_exited(pidfd):
-        return time.monotonic_ns()
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[int] = loop.create_future()
+EXIT_SETTLE_S = 0.5
+"""After SIGKILL and mrelease, how long the scope waits for the exit before it moves on and
+the exit is confirmed in the background. A reaped victim has given its memory back already;
+a normal one exits within milliseconds, a frozen one may never."""
 
-    def _readable() -> None:
-        if not exited.done():
-            exited.set_result(time.monotonic_ns())
-
-    loop.add_reader(pidfd, _readable)
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await exited
-    except TimeoutError:
-        return None
-    finally:
-        loop.remove_reader(pidfd)
+LISTED_FAMILY = 64
+"""At most this many family PIDs are listed in the kill record (``figures["family"]``)."""
 
 
 def identity_matches(pid: int, start_time: int | None, proc_root: str = "/proc") -> bool:
@@ -103,12 +109,14 @@ class Actuator:
         layout: CgroupLayout | None,
         proc_root: str = "/proc",
         pre_kill: PreKillHook | None = None,
+        deaths: DeathWatch | None = None,
     ) -> None:
         self.pre_kill = pre_kill
         self.reaper = reaper
         self.settings = settings
         self.layout = layout
         self.proc_root = proc_root
+        self.deaths = deaths if deaths is not None else DeathWatch()
 
     async def execute(
         self,
@@ -141,6 +149,7 @@ class Actuator:
         reaped_ns: int | None = None,
         exit_ns: int | None = None,
         boosted: bool = False,
+        extra: Mapping[str, float | int | str] | None = None,
     ) -> KillRecord:
         event = ctx.event
         pressure = event.pressure
@@ -169,7 +178,7 @@ class Actuator:
             trigger=str(event.trigger) if event.trigger else None,
             pressure_some_avg10=pressure.some.avg10 if pressure else None,
             pressure_full_avg10=pressure.full.avg10 if pressure and pressure.full else None,
-            figures=dict(victim.figures),
+            figures={**victim.figures, **(extra or {})},
             ranking=tuple(ctx.decision.ranking),
             dry_run=ctx.dry_run,
             victim_boosted=boosted,
@@ -247,26 +256,36 @@ class Actuator:
                 )
             await self._run_pre_kill(victim, ctx, comm, rss)
             if ctx.dry_run:
+                family = self._family_order(victim, snapshot)
                 return self._record(
-                    ctx, victim, KillResult.DRY_RUN, pid=victim.pid, comm=comm, rss=rss, sig="none"
+                    ctx,
+                    victim,
+                    KillResult.DRY_RUN,
+                    pid=victim.pid,
+                    comm=comm,
+                    rss=rss,
+                    sig="none",
+                    members=1 + len(family),
+                    extra=_family_figures([pid for pid, _ in family]) if family else None,
                 )
-            return await self._signal_process(victim, ctx, fd, comm, rss)
+            return await self._signal_process(victim, snapshot, ctx, fd, comm=comm, rss=rss)
         finally:
             pidfd_mod.close_quietly(fd)
 
     async def _signal_process(
-        self, victim: Victim, ctx: _Context, fd: int, comm: str, rss: int
+        self, victim: Victim, snapshot: Snapshot, ctx: _Context, fd: int, *, comm: str, rss: int
     ) -> KillRecord:
         pid = victim.pid
         assert pid is not None  # noqa: S101 - checked by the caller
-        confirm_s = self.settings.confirm_timeout_ms / 1000
         if pidfd_mod.has_exited(fd):
             # Exited (perhaps a zombie not yet collected) between choice and now: nothing to
             # free, and nobody else is signalled in its place.
             return self._record(
                 ctx, victim, KillResult.VANISHED, pid=pid, comm=comm, rss=rss, sig="none"
             )
-        if self.settings.sigterm_first:
+        if self.settings.sigterm_first and not victim.family:
+            # A family dies by SIGKILL at once: a SIGTERM to the parent alone could leave
+            # its children running, and the point of a family kill is one kill per cause.
             try:
                 pidfd_mod.send_signal(fd, signal.SIGTERM)
             except ProcessLookupError:
@@ -294,7 +313,19 @@ class Actuator:
                 grace_ms=self.settings.grace_ms,
                 detail="still alive after SIGTERM",
             )
-        outcome = await self._reap(lambda: self.reaper.kill(pid, fd))
+        extra: dict[str, float | int | str] = {}
+        members = 1
+        if victim.family:
+            family = await self._kill_with_family(victim, snapshot, fd)
+            outcome = family.main
+            members += len(family.signalled)
+            extra = {
+                **_family_figures(family.signalled),
+                "family_unconfirmed": family.unconfirmed,
+                "family_skipped": family.skipped,
+            }
+        else:
+            outcome = await self._reap(lambda: self.reaper.kill(pid, fd))
         if outcome is None:
             return self._record(
                 ctx, victim, KillResult.FAILED, pid=pid, comm=comm, rss=rss, sig="none"
@@ -306,24 +337,140 @@ class Actuator:
                 else KillResult.FAILED
             )
             return self._record(ctx, victim, result, pid=pid, comm=comm, rss=rss, sig="none")
-        exit_ns = await wait_exited(fd, confirm_s)
-        result = KillResult.KILLED if exit_ns is not None else KillResult.NOT_CONFIRMED
-        return self._record(
+        confirm_s = self.settings.confirm_timeout_ms / 1000
+        settle_s = min(confirm_s, EXIT_SETTLE_S)
+        exit_ns = await wait_exited(fd, settle_s)
+        record = self._record(
             ctx,
             victim,
-            result,
+            KillResult.KILLED if exit_ns is not None else KillResult.DYING,
             pid=pid,
             comm=comm,
             rss=rss,
             sig="SIGKILL",
+            members=members,
             mrelease=outcome.mrelease,
             signal_ns=outcome.signal_ns,
             reaped_ns=outcome.reaped_ns,
             exit_ns=exit_ns,
             boosted=outcome.boosted,
+            extra=extra,
+        )
+        if exit_ns is None:
+            self._follow_death(fd, victim, record, outcome.signal_ns, confirm_s - settle_s)
+        return record
+
+    def _follow_death(
+        self, fd: int, victim: Victim, record: KillRecord, signal_ns: int, timeout_s: float
+    ) -> None:
+        """Hand a dying victim to the death watch (with its own dup of the pidfd)."""
+        assert victim.pid is not None  # noqa: S101 - a process victim
+        start_time = victim.start_time
+        if start_time is None:
+            with (
+                contextlib.suppress(OSError, ValueError),
+                open(f"{self.proc_root}/{victim.pid}/stat", "rb") as handle,
+            ):
+                start_time = procfs.parse_stat(handle.read()).start_time
+        try:
+            own = os.dup(fd)
+        except OSError as exc:
+            log.error("victim.unwatched", pid=victim.pid, error=exc.strerror)
+            return
+        log.warning(
+            "victim.exit_pending",
+            pid=victim.pid,
+            target=record.target,
+            mrelease=str(record.mrelease.status) if record.mrelease else None,
+            detail="SIGKILL pending and memory reaped, no exit yet: the scope moves on, the "
+            "exit is confirmed in the background",
+        )
+        self.deaths.watch(
+            own, (victim.pid, start_time), record, signal_ns=signal_ns, timeout_s=timeout_s
         )
 
+    def _family_order(self, victim: Victim, snapshot: Snapshot) -> list[tuple[int, int | None]]:
+        """The family without the victim itself, largest first (by the snapshot's RSS)."""
+        members = {pid: start for pid, start in victim.family if pid != victim.pid}
+
+        def size(pid: int) -> int:
+            record = snapshot.process(pid)
+            return record.memory_bytes if record else 0
+
+        return sorted(members.items(), key=lambda item: size(item[0]), reverse=True)
+
+    async def _kill_with_family(self, victim: Victim, snapshot: Snapshot, fd: int) -> _FamilyKill:
+        """SIGKILL + mrelease the victim and its family on the reaper thread, in batches of
+        at most FAMILY_BATCH pidfds, each member's identity checked once its pidfd is open."""
+        assert victim.pid is not None  # noqa: S101 - a process victim
+        done = _FamilyKill()
+        first = True
+        for batch in _chunks(self._family_order(victim, snapshot), FAMILY_BATCH):
+            opened: list[tuple[int, int]] = []
+            try:
+                for pid, start_time in batch:
+                    member_fd = self._open_checked(pid, start_time)
+                    if member_fd is None:
+                        done.skipped += 1
+                        continue
+                    opened.append((pid, member_fd))
+                # The victim goes with the first batch: one job signals them all at once.
+                jobs = [(victim.pid, fd), *opened] if first else opened
+                outcomes = await self._reap(partial(self.reaper.kill_all, jobs))
+                if outcomes is None:
+                    if first:
+                        return done
+                    done.skipped += len(opened)
+                    continue
+                for outcome in outcomes:
+                    if outcome.pid == victim.pid and first:
+                        done.main = outcome
+                    elif outcome.signalled:
+                        done.signalled.append(outcome.pid)
+                    else:
+                        done.skipped += 1
+                exits = await asyncio.gather(
+                    *(wait_exited(member_fd, EXIT_SETTLE_S) for _, member_fd in opened)
+                )
+                done.unconfirmed += sum(1 for ns in exits if ns is None)
+            finally:
+                for _, member_fd in opened:
+                    pidfd_mod.close_quietly(member_fd)
+            first = False
+        if first:  # no family member left to open: the victim alone
+            done.main = await self._reap(lambda: self.reaper.kill(victim.pid or 0, fd))
+        return done
+
+    def _open_checked(self, pid: int, start_time: int | None) -> int | None:
+        """A pidfd for ``pid`` if it is still the process that started at ``start_time``."""
+        try:
+            fd = pidfd_mod.open_pidfd(pid)
+        except ProcessLookupError:
+            return None
+        except OSError as exc:  # EMFILE and the like: this member is skipped, not the kill
+            log.warning("victim.member_unopened", pid=pid, error=exc.strerror)
+            return None
+        if not self._identity_ok(pid, start_time):
+            pidfd_mod.close_quietly(fd)
+            return None
+        return fd
+
     # -- cgroups --------------------------------------------------------------------------
+    def _largest_members(
+        self, pids: Sequence[int], snapshot: Snapshot, limit: int
+    ) -> list[tuple[int, int | None]]:
+        """Up to ``limit`` members to mrelease: the largest the snapshot knows first (with
+        their start time, checked after opening), then others in listing order."""
+        known = [(pid, record) for pid in pids if (record := snapshot.process(pid)) is not None]
+        known.sort(key=lambda item: item[1].memory_bytes, reverse=True)
+        chosen: list[tuple[int, int | None]] = [
+            (pid, record.start_time) for pid, record in known[:limit]
+        ]
+        if len(chosen) < limit:
+            taken = {pid for pid, _ in chosen}
+            chosen += [(pid, None) for pid in pids if pid not in taken][: limit - len(chosen)]
+        return chosen
+
     async def _kill_group(self, victim: Victim, snapshot: Snapshot, ctx: _Context) -> KillRecord:
         assert victim.cgroup is not None  # noqa: S101 - the guard rejects path-less groups
         if self.layout is None:
@@ -331,77 +478,146 @@ class Actuator:
         group = Cgroup(self.layout, victim.cgroup)
         record = snapshot.cgroup(victim.cgroup)
         rss = record.usage_bytes if record else 0
-        try:
-            pids = group.all_members()
-        except FileNotFoundError:
-            return self._record(
-                ctx, victim, KillResult.VANISHED, pid=None, comm="", rss=rss, sig="none", members=0
-            )
-        fds: list[tuple[int, int]] = []
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                fds.append((pid, pidfd_mod.open_pidfd(pid)))
-        try:
-            if not fds:
-                return self._record(
-                    ctx,
-                    victim,
-                    KillResult.VANISHED,
-                    pid=None,
-                    comm="",
-                    rss=rss,
-                    sig="none",
-                    members=0,
-                )
-            await self._run_pre_kill(victim, ctx, "", rss)
-            if ctx.dry_run:
-                return self._record(
-                    ctx,
-                    victim,
-                    KillResult.DRY_RUN,
-                    pid=None,
-                    comm="",
-                    rss=rss,
-                    sig="none",
-                    members=len(fds),
-                )
-            outcome = await self._reap(lambda: self.reaper.kill_group(group, fds))
-            if outcome is None or not outcome.killed:
-                log.error(
-                    "victim.kill_failed",
-                    cgroup=victim.cgroup,
-                    error=outcome.kill_error if outcome else "reaper unresponsive",
-                )
-                return self._record(
-                    ctx,
-                    victim,
-                    KillResult.FAILED,
-                    pid=None,
-                    comm="",
-                    rss=rss,
-                    sig="none",
-                    members=len(fds),
-                )
-            confirm_s = self.settings.confirm_timeout_ms / 1000
-            exits = await asyncio.gather(*(wait_exited(fd, confirm_s) for _, fd in fds))
-            all_exited = all(ns is not None for ns in exits)
-            last_exit = max((ns for ns in exits if ns is not None), default=None)
-            reaped = [m.reaped_ns for m in outcome.members if m.reaped_ns is not None]
-            first = next((m.mrelease for m in outcome.members if m.mrelease), None)
+
+        def result(outcome: KillResult, members: int, **timings: object) -> KillRecord:
             return self._record(
                 ctx,
                 victim,
-                KillResult.KILLED if all_exited else KillResult.NOT_CONFIRMED,
+                outcome,
                 pid=None,
                 comm="",
                 rss=rss,
-                sig="cgroup.kill",
-                members=len(fds),
-                mrelease=first,
-                signal_ns=outcome.signal_ns,
-                reaped_ns=max(reaped) if reaped else None,
-                exit_ns=last_exit,
+                sig="cgroup.kill" if outcome in (KillResult.KILLED, KillResult.DYING) else "none",
+                members=members,
+                **timings,  # type: ignore[arg-type] # keyword timings of _record
             )
+
+        try:
+            pids = group.all_members()
+        except FileNotFoundError:
+            return result(KillResult.VANISHED, 0)
+        if not pids:
+            return result(KillResult.VANISHED, 0)
+        await self._run_pre_kill(victim, ctx, "", rss)
+        if ctx.dry_run:
+            return result(KillResult.DRY_RUN, len(pids))
+        # A few pidfds, opened BEFORE cgroup.kill: after it the members exit and their
+        # memory could no longer be reaped by us.
+        fds: list[tuple[int, int]] = []
+        try:
+            for pid, start_time in self._largest_members(pids, snapshot, GROUP_MRELEASE_MEMBERS):
+                fd = self._open_checked(pid, start_time)
+                if fd is not None:
+                    fds.append((pid, fd))
+            outcome = await self._reap(lambda: self.reaper.kill_group(group, fds))
         finally:
             for _, fd in fds:
                 pidfd_mod.close_quietly(fd)
+        if outcome is None or not outcome.killed:
+            log.error(
+                "victim.kill_failed",
+                cgroup=victim.cgroup,
+                error=outcome.kill_error if outcome else "reaper unresponsive",
+            )
+            return result(KillResult.FAILED, len(pids))
+        confirm_s = self.settings.confirm_timeout_ms / 1000
+        # Scaled by the group's size: exiting thousands of processes takes the kernel a while
+        # even when none is stuck, and the largest members are reaped already.
+        settle_s = min(confirm_s, EXIT_SETTLE_S * max(1.0, len(pids) / 100))
+        exit_ns = await wait_group_empty(group, settle_s)
+        reaped = [m.reaped_ns for m in outcome.members if m.reaped_ns is not None]
+        first = next((m.mrelease for m in outcome.members if m.mrelease), None)
+        kill_record = result(
+            KillResult.KILLED if exit_ns is not None else KillResult.DYING,
+            len(pids),
+            mrelease=first,
+            signal_ns=outcome.signal_ns,
+            reaped_ns=max(reaped) if reaped else None,
+            exit_ns=exit_ns,
+        )
+        if exit_ns is None:
+            log.warning(
+                "victim.exit_pending",
+                target=kill_record.target,
+                detail="cgroup.kill sent and the largest members reaped, the group is not "
+                "empty yet: the scope moves on, emptiness is confirmed in the background",
+            )
+            self.deaths.watch_group(
+                group.path,
+                partial(wait_group_empty, group),
+                kill_record,
+                signal_ns=outcome.signal_ns,
+                timeout_s=confirm_s - settle_s,
+            )
+        return kill_record
+
+
+@dataclass(slots=True)
+class _FamilyKill:
+    main: ReapOutcome | None = None
+    signalled: list[int] = field(default_factory=list)
+    skipped: int = 0
+    unconfirmed: int = 0
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _family_figures(pids: Sequence[int]) -> dict[str, float | int | str]:
+    listed = ",".join(str(pid) for pid in pids[:LISTED_FAMILY])
+    if len(pids) > LISTED_FAMILY:
+        listed += f",... ({len(pids) - LISTED_FAMILY} more)"
+    return {"family": listed, "family_members": len(pids)}
+
+
+def _populated(fd: int) -> bool:
+    """Read ``cgroup.events`` from the start (which also re-arms its poll notification)."""
+    data = os.pread(fd, 4096, 0)
+    for line in data.decode("ascii", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "populated":
+            return value.strip() != "0"
+    return False
+
+
+async def wait_group_empty(group: Cgroup, timeout_s: float) -> int | None:
+    """Wait on the loop until the group (with its descendants) holds no process; the
+    monotonic ns when it did, or None after ``timeout_s``.
+
+    The kernel notifies a change of ``cgroup.events`` to pollers as EPOLLPRI (the file is
+    always readable, like a PSI trigger fd), so it sits in an inner epoll registered for
+    EPOLLPRI, whose own readability is what the loop waits on: one fd, whatever the size of
+    the group, and no polling.
+    """
+    try:
+        fd = os.open(group.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return time.monotonic_ns()  # removed: it was empty
+    loop = asyncio.get_running_loop()
+    inner = select.epoll(1)
+    changed = asyncio.Event()
+    try:
+        inner.register(fd, select.EPOLLPRI)
+        loop.add_reader(inner.fileno(), changed.set)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    changed.clear()
+                    try:
+                        if not _populated(fd):
+                            return time.monotonic_ns()
+                    except OSError as exc:
+                        if exc.errno == errno.ENODEV:  # removed under us: empty
+                            return time.monotonic_ns()
+                        raise
+                    await changed.wait()
+                    inner.poll(0)  # consume, so a stale readiness does not spin us
+        except TimeoutError:
+            return None
+        finally:
+            loop.remove_reader(inner.fileno())
+    finally:
+        inner.close()
+        os.close(fd)

@@ -22,6 +22,7 @@ import structlog
 
 from pressured.actuator import Actuator, PreKillHook
 from pressured.config import Settings
+from pressured.deathwatch import DeathWatch
 from pressured.errors import ConfigError, PressuredError
 from pressured.events import KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
@@ -29,10 +30,11 @@ from pressured.kernel import cgroupfs, psi
 from pressured.kernel.cgroupfs import CgroupLayout
 from pressured.monitors.psi import ArmedTrigger
 from pressured.ops import Sink
+from pressured.pacing import Pacing
 from pressured.policies.chain import PolicyChain
 from pressured.reaper import Reaper, ThreadInfo
 from pressured.scope import ScopeRunner
-from pressured.selfprotect import lock_memory, protect_from_oom
+from pressured.selfprotect import lock_memory, protect_from_oom, raise_fd_limit
 from pressured.snapshot import RecentKill
 from pressured.startclock import seconds_since_exec
 from pressured.watchdog import Watchdog, watched_scope
@@ -77,6 +79,10 @@ class Controller:
         self._on_stop = on_stop
         self._own_reaper = reaper is None
         self.reaper = reaper or self._make_reaper(self.settings)
+        # Kill history and dying victims outlive any one configuration (SIGHUP) and are
+        # shared with the watchdog thread.
+        self.pacing = Pacing()
+        self.deaths = DeathWatch(on_settled=self._kill_settled)
         self.layout: CgroupLayout | None = None
         self.privileged = False
         self.scopes: list[ScopeRunner] = []
@@ -112,13 +118,16 @@ class Controller:
         self_cgroup = None
         with contextlib.suppress(OSError):
             self_cgroup = cgroupfs.own_cgroup("self", settings.daemon.proc_root)
-        guard = Guard(settings.guard, self_cgroup=self_cgroup)
+        guard = Guard(
+            settings.guard, self_cgroup=self_cgroup, pacing=self.pacing, deaths=self.deaths
+        )
         actuator = Actuator(
             self.reaper,
             settings.kill,
             layout=self.layout,
             proc_root=settings.daemon.proc_root,
             pre_kill=self._pre_kill,
+            deaths=self.deaths,
         )
         runners = []
         for index, scope in enumerate(settings.scopes):
@@ -174,6 +183,8 @@ class Controller:
         proc_root = settings.daemon.proc_root
         self.layout = cgroupfs.discover_layout(proc_root)
         self.privileged = psi.may_use_fast_windows(proc_root)
+        before, after = raise_fd_limit()
+        log.info("self.fd_limit", soft_before=before, soft_after=after)
         # Threads first: creating one under memory pressure is what we must never need to do.
         self._io = ThreadPoolExecutor(settings.daemon.io_threads, thread_name_prefix="pressured-io")
         # The pool only starts a thread when none is idle: hold every task at a barrier so
@@ -238,6 +249,9 @@ class Controller:
             proc_root=proc_root,
             privileged=self.privileged,
             dry_run=settings.daemon.dry_run,
+            pacing=self.pacing,
+            deaths=self.deaths,
+            publish=self._publish_kill,
         )
         self.watchdog.start()
         log.info(
@@ -331,6 +345,7 @@ class Controller:
                 await main
         except Exception as exc:
             log.error("controller.crashed", error=repr(exc))
+        await self.deaths.aclose()
         # 3. Close policies and sinks.
         for runner in self.scopes:
             await runner.chain.aclose()
@@ -343,9 +358,9 @@ class Controller:
         log.info("controller.stopped")
 
     async def _release_threads(self) -> None:
-        loop = asyncio.get_running_loop()
         if self._own_reaper:
-            await loop.run_in_executor(None, self.reaper.close)
+            # Never waits: a reaper thread stuck in the kernel must not hold up the exit.
+            self.reaper.close(wait=False)
         if self._io is not None:
             io, self._io = self._io, None
             io.shutdown(wait=False, cancel_futures=True)
@@ -435,6 +450,13 @@ class Controller:
         return True
 
     # -- events out -----------------------------------------------------------------------
+    def _kill_settled(self, final: KillRecord) -> None:
+        """A dying victim's exit was confirmed (or given up on) in the background: /status
+        shows how its kill ended."""
+        for index, record in enumerate(self.recent):
+            if (record.wall_time, record.target) == (final.wall_time, final.target):
+                self.recent[index] = final
+
     def _recent_kills(self) -> tuple[RecentKill, ...]:
         return tuple(
             RecentKill(r.target, r.pid, r.cgroup, r.wall_time, r.policy) for r in self.recent

@@ -125,6 +125,9 @@ class KillResult(StrEnum):
     """Exited on its own before we signalled: nothing to do, not an error."""
     IDENTITY_CHANGED = "identity_changed"
     """The PID now belongs to another process: refused."""
+    DYING = "dying"
+    """SIGKILL pending and memory reaped (or reaping failed), no exit yet: the exit is
+    confirmed in the background (``victim.exit_confirmed`` or ``victim.undying``)."""
     NOT_CONFIRMED = "not_confirmed"
     """Signalled, but no exit seen within the confirmation limit."""
     FAILED = "failed"

@@ -2,7 +2,10 @@
 
 Applied to every victim every policy returns, built-in or plugin, before the actuator sees it.
 The protected set is fixed by the kernel and the configuration; the pacing (cooldown, rate
-limit) is state with an injectable clock so tests need not sleep.
+limit, in-flight) lives in a :class:`~pressured.pacing.Pacing` shared by every guard of the
+daemon (reloads and the watchdog included), with an injectable clock so tests need not sleep.
+Victims already sent SIGKILL that have not exited (:class:`~pressured.deathwatch.DeathWatch`)
+are refused too: killing them again frees nothing.
 """
 
 from __future__ import annotations
@@ -10,18 +13,17 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pressured.config import GuardSettings
+from pressured.deathwatch import DeathWatch
 from pressured.events import VictimKind
 from pressured.kernel.procfs import ProcessRecord
+from pressured.pacing import Clock, Pacing
 from pressured.policies.base import Victim
 from pressured.snapshot import Snapshot
 
 OOM_SCORE_ADJ_NEVER = -1000
-Clock = Callable[[], float]
 
 
 def _within(path: str | None, roots: tuple[str, ...]) -> str | None:
@@ -47,6 +49,8 @@ class Guard:
         self_pid: int | None = None,
         self_cgroup: str | None = None,
         clock: Clock = time.monotonic,
+        pacing: Pacing | None = None,
+        deaths: DeathWatch | None = None,
     ) -> None:
         self.settings = settings
         self.self_pid = os.getpid() if self_pid is None else self_pid
@@ -55,13 +59,14 @@ class Guard:
         self._names = frozenset(settings.protect_names)
         self._cmdline = [re.compile(pattern) for pattern in settings.protect_cmdline]
         self._uids = frozenset(settings.protect_uids)
-        self._kills: deque[float] = deque()
-        self._in_flight = 0
-        self._cooldown_until = 0.0
+        self.pacing_state = pacing or Pacing(clock)
+        self.deaths = deaths
 
     # -- who ------------------------------------------------------------------------------
     def process_protection(self, record: ProcessRecord) -> str | None:
         """Why this process must not be killed, or None."""
+        if self.deaths is not None and self.deaths.is_dying(record.pid, record.start_time):
+            return "sent SIGKILL already and not exited (undying)"
         if record.pid == 1:
             return "PID 1"
         if record.pid == self.self_pid:
@@ -107,6 +112,8 @@ class Guard:
         if victim.kind is VictimKind.CGROUP:
             if victim.cgroup is None or snapshot.cgroup(victim.cgroup) is None:
                 return f"cgroup {victim.cgroup!r} is not in the snapshot"
+            if self.deaths is not None and self.deaths.is_dying_group(victim.cgroup):
+                return f"cgroup {victim.cgroup} was killed already and is not empty (undying)"
             return self.cgroup_protection(victim.cgroup, snapshot)
         if victim.pid is None:
             return "process victim without a pid"
@@ -120,26 +127,29 @@ class Guard:
     # -- when -----------------------------------------------------------------------------
     def pacing(self) -> str | None:
         """Why no kill may start now (in flight, cooldown, rate limit), or None."""
-        now = self._clock()
-        if self._in_flight:
-            return "a kill is in flight"
-        if now < self._cooldown_until:
-            return f"cooling down for {self._cooldown_until - now:.2f} s after the last kill"
-        while self._kills and now - self._kills[0] >= 60.0:
-            self._kills.popleft()
-        if len(self._kills) >= self.settings.max_kills_per_minute:
-            return f"rate limit: {self.settings.max_kills_per_minute} kills in the last minute"
-        return None
+        return self.pacing_state.why_not_now(self.settings.max_kills_per_minute)
+
+    def try_start(self) -> str | None:
+        """Check the pacing and count a kill in one step (the watchdog thread): None when the
+        kill may go ahead, else why not."""
+        return self.pacing_state.try_start(self.settings.max_kills_per_minute)
 
     def kill_started(self) -> None:
-        self._kills.append(self._clock())
-        self._in_flight += 1
+        self.pacing_state.kill_started()
 
     def kill_finished(self) -> None:
-        """The victim is confirmed dead (or the kill failed): start the settle delay."""
-        self._in_flight = max(0, self._in_flight - 1)
-        self._cooldown_until = self._clock() + self.settings.cooldown_ms / 1000
+        """The victim is reaped and dying, confirmed dead, or the kill failed: start the
+        settle delay."""
+        self.pacing_state.kill_finished(self.settings.cooldown_ms / 1000)
+
+    def victim_dying(self, scope: str) -> str | None:
+        """Why refault figures of ``scope`` are no evidence yet, or None: a victim of its last
+        kill has SIGKILL pending and has not exited, and may still be faulting itself (a
+        trigger event, past its stale window, still is evidence)."""
+        if self.deaths is not None and self.deaths.confirming(scope):
+            return "a victim of this scope is still dying"
+        return None
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.pacing_state.in_flight

@@ -10,10 +10,10 @@ is created for the call (creating a thread under memory pressure is best avoided
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 
-from pressured.actuator import elapsed_ms, wait_exited
+from pressured.actuator import GROUP_MRELEASE_MEMBERS, elapsed_ms, wait_group_empty
+from pressured.deathwatch import wait_exited
 from pressured.errors import KernelError
 from pressured.events import KillRecord, KillResult, VictimKind
 from pressured.kernel import pidfd as pidfd_mod
@@ -112,32 +112,34 @@ async def kill_and_reap_cgroup(
     reason: str = "kill_and_reap_cgroup",
     memcg_v1_path: str | None = None,
 ) -> KillRecord:
-    """``cgroup.kill`` a v2 group and mrelease every member; wait for all of them to exit."""
+    """``cgroup.kill`` a v2 group and mrelease its first members; wait until it is empty."""
     group = Cgroup(discover_layout(), path, memcg_v1_path)
     usage = 0
     with contextlib.suppress(OSError, KernelError):
         usage = group.memory().current_bytes
+    members = group.all_members()
+    # pidfds for a bounded few only (opened before cgroup.kill, so they can be reaped):
+    # one per member would run out of fds on a large group.
     fds: list[tuple[int, int]] = []
-    for member in group.all_members():
-        with contextlib.suppress(ProcessLookupError):
-            fds.append((member, pidfd_mod.open_pidfd(member)))
     temporary = reaper is None
     worker = reaper or Reaper()
     try:
+        for member in members[:GROUP_MRELEASE_MEMBERS]:
+            with contextlib.suppress(ProcessLookupError):
+                fds.append((member, pidfd_mod.open_pidfd(member)))
         if temporary:
             worker.start()
         outcome = await worker.kill_group(group, fds)
-        exits = [await wait_exited(fd, timeout_s) for _, fd in fds]
     finally:
         if temporary:
             worker.close()
         for _, fd in fds:
-            os.close(fd)
+            pidfd_mod.close_quietly(fd)
+    exit_ns = await wait_group_empty(group, timeout_s) if outcome.killed else None
     reaped = [m.reaped_ns for m in outcome.members if m.reaped_ns is not None]
-    done = [ns for ns in exits if ns is not None]
     result = (
         KillResult.KILLED
-        if outcome.killed and len(done) == len(fds)
+        if exit_ns is not None
         else (KillResult.FAILED if not outcome.killed else KillResult.NOT_CONFIRMED)
     )
     first = next((m.mrelease for m in outcome.members if m.mrelease), None)
@@ -154,9 +156,9 @@ async def kill_and_reap_cgroup(
         result=result,
         signal="cgroup.kill",
         rss_before_bytes=usage,
-        members=len(fds),
+        members=len(members),
         mrelease=first,
         signal_to_reaped_ms=elapsed_ms(outcome.signal_ns, max(reaped)) if reaped else None,
-        signal_to_exit_ms=elapsed_ms(outcome.signal_ns, max(done)) if done else None,
+        signal_to_exit_ms=elapsed_ms(outcome.signal_ns, exit_ns),
         wall_time=time.time(),
     )

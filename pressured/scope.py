@@ -300,6 +300,9 @@ class ScopeRunner:
                 continue
             except TimeoutError:
                 event = None
+            if self.guard.victim_dying(self.name) is not None:
+                baseline = await self._refaults()  # its own faults are no evidence
+                continue
             if self.guard.pacing() is not None:
                 continue
             current = await self._refaults()
@@ -407,7 +410,7 @@ class ScopeRunner:
         finally:
             self.guard.kill_finished()
         self.stats.kills += 1
-        if record.result is KillResult.KILLED:
+        if record.result in (KillResult.KILLED, KillResult.DYING):  # dying: memory reaped
             self._last_kill_done_ns = time.monotonic_ns()
         await self._emit_kill(record)
         return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 from dataclasses import dataclass
 
 from pressured.kernel import procfs
@@ -52,3 +53,24 @@ def protect_from_oom(adj: int, proc_root: str = "/proc") -> tuple[int, int]:
     before = procfs.read_oom_score_adj("self", proc_root)
     procfs.write_oom_score_adj(adj, "self", proc_root)
     return before, procfs.read_oom_score_adj("self", proc_root)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft before, soft after).
+
+    The kill path needs a few fds at the worst moment (pidfds, /proc files, the journal): a
+    distribution's default soft limit of 1,024 is what a large cgroup victim or a busy scan
+    runs into first. The hard limit is ours to take without privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard
+        if hard == resource.RLIM_INFINITY:
+            # An unlimited hard limit is not a valid soft value for NOFILE: take nr_open.
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as handle:
+                target = int(handle.read())
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            return soft, soft
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]

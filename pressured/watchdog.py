@@ -6,6 +6,12 @@ sleeps in ``poll()`` until one fires: no timer, so no idle wake-ups. When one fi
 loop for a sign of life (``call_soon_threadsafe``); if none comes within ``stall_limit_ms`` it
 logs ``watchdog.loop_stuck`` and performs the default policy's kill itself, from its own
 thread: scan, rank by the kernel's badness, guard, pidfd, SIGKILL + mrelease.
+
+Its kills obey the same limits as the loop's: its guard shares the daemon's
+:class:`~pressured.pacing.Pacing` (in flight, cooldown, kills per minute) and death watch, and
+each kill produces the same :class:`~pressured.events.KillRecord`, logged at once from this
+thread and queued for the controller's publish path (journal, metrics, post-kill hooks),
+which runs when the loop answers again.
 """
 
 from __future__ import annotations
@@ -13,25 +19,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import select
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from pressured.actuator import identity_matches
+from pressured.actuator import elapsed_ms, identity_matches
 from pressured.config import GuardSettings, ScopeSettings
-from pressured.events import SYSTEM_SCOPE, EventSource, PressureEvent
+from pressured.deathwatch import DeathWatch
+from pressured.events import (
+    SYSTEM_SCOPE,
+    EventSource,
+    KillReason,
+    KillRecord,
+    KillResult,
+    PressureEvent,
+    VictimKind,
+)
 from pressured.guard import OOM_SCORE_ADJ_NEVER, Guard
 from pressured.kernel import pidfd as pidfd_mod
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
+from pressured.kernel.procfs import ProcessRecord
+from pressured.pacing import Pacing
 from pressured.policies.base import Victim
-from pressured.reaper import kill_and_release
+from pressured.reaper import ReapOutcome, kill_and_release
 from pressured.snapshot import take_snapshot
 
 log = structlog.get_logger("pressured.watchdog")
+
+WATCHDOG_POLICY = "watchdog"
+EXIT_WAIT_S = 5.0
+Publish = Callable[[KillRecord], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +102,23 @@ class Watchdog:
         proc_root: str,
         privileged: bool,
         dry_run: bool,
+        pacing: Pacing | None = None,
+        deaths: DeathWatch | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self.loop = loop
         self.scopes = scopes
         self.stall_limit_s = stall_limit_s
-        self.guard = Guard(guard_settings, self_cgroup=self_cgroup)
+        self.guard = Guard(guard_settings, self_cgroup=self_cgroup, pacing=pacing, deaths=deaths)
+        self.publish = publish
+        self._records: queue.SimpleQueue[KillRecord] = queue.SimpleQueue()
+        self._publishing: set[asyncio.Task[None]] = set()
         self.layout = layout
         self.proc_root = proc_root
         self.privileged = privileged
         self.dry_run = dry_run
         self._fds: dict[int, WatchedScope] = {}
+        self._windows_s: dict[int, float] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self.stuck_detected = 0
@@ -97,7 +128,9 @@ class Watchdog:
     def start(self) -> None:
         for scope in self.scopes:
             spec, _ = psi.legalize(scope.spec, privileged=self.privileged)
-            self._fds[psi.open_trigger(scope.pressure_path, spec)] = scope
+            fd = psi.open_trigger(scope.pressure_path, spec)
+            self._fds[fd] = scope
+            self._windows_s[fd] = spec.window_us / 1e6
         self._thread = threading.Thread(target=self._run, name="pressured-watchdog", daemon=True)
         self._thread.start()
 
@@ -131,10 +164,20 @@ class Watchdog:
                 return
             for fd, mask in ready:
                 if mask & select.POLLPRI and fd in self._fds:
-                    self._on_pressure(self._fds[fd])
+                    self._on_pressure(self._fds[fd], self._windows_s[fd])
 
-    def _on_pressure(self, scope: WatchedScope) -> None:
+    def _stale(self, window_s: float) -> bool:
+        """Whether a trigger event may only count stall that the last kill (ours or the
+        loop's) already ended: an event can carry stall from up to two windows back, the
+        same rule the scopes apply. Acting on it would take an innocent second victim."""
+        since = self.guard.pacing_state.seconds_since_last_kill()
+        return since is not None and since < 2 * window_s
+
+    def _on_pressure(self, scope: WatchedScope, window_s: float) -> None:
         self.checks += 1
+        if self._stale(window_s):
+            log.info("watchdog.stale_event", scope=scope.name, window_s=window_s)
+            return
         started = time.monotonic()
         if self.loop_answers(self.stall_limit_s):
             return
@@ -152,8 +195,70 @@ class Watchdog:
         except Exception as exc:  # a watchdog that dies protects nothing: log and carry on
             log.error("watchdog.kill_failed", scope=scope.name, error=repr(exc))
 
+    # -- records ----------------------------------------------------------------------------
+    def _deliver(self, record: KillRecord) -> None:
+        """Queue a record for the loop (thread-safe); it is published once the loop runs."""
+        if self.publish is None:
+            return
+        self._records.put(record)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: hand every queued record to the controller's publish path."""
+        assert self.publish is not None  # noqa: S101 - only scheduled with a publisher
+        while True:
+            try:
+                record = self._records.get_nowait()
+            except queue.Empty:
+                return
+            task = self.loop.create_task(self.publish(record), name="watchdog:publish")
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    def pending_records(self) -> int:
+        return self._records.qsize()
+
+    @staticmethod
+    def _record(
+        scope: WatchedScope,
+        victim: ProcessRecord,
+        result: KillResult,
+        *,
+        outcome: ReapOutcome | None = None,
+        exit_ns: int | None = None,
+        event: PressureEvent,
+    ) -> KillRecord:
+        return KillRecord(
+            kind=VictimKind.PROCESS,
+            target=f"pid {victim.pid} ({victim.comm})",
+            pid=victim.pid,
+            comm=victim.comm,
+            cgroup=victim.cgroup,
+            policy=WATCHDOG_POLICY,
+            reason="watchdog: loop stuck under critical pressure",
+            scope=scope.name,
+            level=scope.level,
+            result=result,
+            signal="SIGKILL" if outcome is not None and outcome.signalled else "none",
+            rss_before_bytes=victim.memory_bytes,
+            mrelease=outcome.mrelease if outcome is not None else None,
+            signal_to_reaped_ms=outcome.signal_to_reaped_ms if outcome is not None else None,
+            signal_to_exit_ms=elapsed_ms(outcome.signal_ns, exit_ns) if outcome else None,
+            dry_run=result is KillResult.DRY_RUN,
+            victim_boosted=outcome.boosted if outcome is not None else False,
+            event_to_decision_ms=elapsed_ms(event.monotonic_ns, time.monotonic_ns()),
+            kill_reason=KillReason.of(event),
+        )
+
+    # -- the kill -----------------------------------------------------------------------------
     def emergency_kill(self, scope: WatchedScope) -> bool:
-        """The default policy (kernel badness), guarded, executed on this thread."""
+        """The default policy (kernel badness), guarded and paced like the loop's kills,
+        executed on this thread."""
+        refused = self.guard.pacing()
+        if refused is not None:
+            log.warning("watchdog.deferred", scope=scope.name, reason=refused)
+            return False
         event = PressureEvent(scope=scope.name, level=scope.level, source=EventSource.WATCHDOG)
         snapshot = take_snapshot(
             event,
@@ -172,36 +277,58 @@ class Watchdog:
             victim = Victim.process(record, "watchdog: loop stuck under critical pressure")
             if self.guard.check(victim, snapshot) is not None:
                 continue
-            if self.dry_run:
-                log.critical(
-                    "watchdog.would_kill",
-                    pid=record.pid,
-                    comm=record.comm,
-                    rss_before_bytes=record.memory_bytes,
-                )
+            # Checked and counted in one step: the loop may come back and race us.
+            refused = self.guard.try_start()
+            if refused is not None:
+                log.warning("watchdog.deferred", scope=scope.name, reason=refused)
                 return False
             try:
-                fd = pidfd_mod.open_pidfd(record.pid)
-            except ProcessLookupError:
-                continue
-            try:
-                if not identity_matches(record.pid, record.start_time, self.proc_root):
-                    continue
-                outcome = kill_and_release(record.pid, fd)
-                exited = pidfd_mod.wait_exited(fd, 5.0)
+                return self._kill_one(scope, record, event)
             finally:
-                pidfd_mod.close_quietly(fd)
-            self.kills += 1
+                self.guard.kill_finished()
+        log.error("watchdog.no_victim", scope=scope.name)
+        return False
+
+    def _kill_one(self, scope: WatchedScope, record: ProcessRecord, event: PressureEvent) -> bool:
+        if self.dry_run:
             log.critical(
-                "watchdog.killed",
-                scope=scope.name,
+                "watchdog.would_kill",
                 pid=record.pid,
                 comm=record.comm,
                 rss_before_bytes=record.memory_bytes,
-                exited=exited,
-                mrelease=str(outcome.mrelease.status) if outcome.mrelease else None,
-                signal_to_reaped_ms=outcome.signal_to_reaped_ms,
             )
-            return True
-        log.error("watchdog.no_victim", scope=scope.name)
-        return False
+            self._deliver(self._record(scope, record, KillResult.DRY_RUN, event=event))
+            return False
+        try:
+            fd = pidfd_mod.open_pidfd(record.pid)
+        except ProcessLookupError:
+            self._deliver(self._record(scope, record, KillResult.VANISHED, event=event))
+            return False
+        try:
+            if not identity_matches(record.pid, record.start_time, self.proc_root):
+                self._deliver(self._record(scope, record, KillResult.IDENTITY_CHANGED, event=event))
+                return False
+            outcome = kill_and_release(record.pid, fd)
+            exited = outcome.signalled and pidfd_mod.wait_exited(fd, EXIT_WAIT_S)
+            exit_ns = time.monotonic_ns() if exited else None
+        finally:
+            pidfd_mod.close_quietly(fd)
+        if not outcome.signalled:
+            self._deliver(self._record(scope, record, KillResult.VANISHED, event=event))
+            return False
+        self.kills += 1
+        result = KillResult.KILLED if exited else KillResult.NOT_CONFIRMED
+        log.critical(
+            "watchdog.killed",
+            scope=scope.name,
+            pid=record.pid,
+            comm=record.comm,
+            rss_before_bytes=record.memory_bytes,
+            exited=exited,
+            mrelease=str(outcome.mrelease.status) if outcome.mrelease else None,
+            signal_to_reaped_ms=outcome.signal_to_reaped_ms,
+        )
+        self._deliver(
+            self._record(scope, record, result, outcome=outcome, exit_ns=exit_ns, event=event)
+        )
+        return True

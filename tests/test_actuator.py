@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import resource
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
 from pressured.actuator import Actuator
-from pressured.config import KillSettings
+from pressured.config import GuardSettings, KillSettings
+from pressured.deathwatch import DeathWatch
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
-from pressured.kernel import procfs
-from pressured.kernel.cgroupfs import discover_layout
+from pressured.guard import Guard
+from pressured.kernel import pidfd, procfs
+from pressured.kernel.cgroupfs import Cgroup, discover_layout
 from pressured.policies.base import Decision, Victim
 from pressured.reaper import Reaper
+from pressured.selfprotect import raise_fd_limit
 from pressured.snapshot import CgroupRecord, Snapshot
-from pressured.testing.scratch import ScratchGroup, wait_for_ready
+from pressured.testing.scratch import ScratchGroup, scratch_unavailable_reason, wait_for_ready
+from tests.freezing import frozen_v1
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 pytestmark = pytest.mark.kernel
@@ -179,3 +188,251 @@ def test_wait_is_event_driven_not_a_timeout(run_async: RunAsync, reaper: Reaper)
     record, elapsed = run_async(timed())
     assert record.result is KillResult.KILLED
     assert elapsed < 30  # far below the 60 s confirm limit: we were woken by the exit
+
+
+# -- #11.3: a group is killed without one fd per member -------------------------------------
+
+FORKER = """
+import os, signal, sys
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:
+        while True:
+            signal.pause()
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def group_of(scratch: ScratchGroup, name: str, children: int) -> tuple[Cgroup, list[int]]:
+    """A child group holding a parent and ``children`` forked sleepers (cheap: no exec)."""
+    group = scratch.child(name)
+    scratch.spawn([sys.executable, "-c", FORKER, str(children)], group=group)
+    wait_for_ready(scratch.processes[-1], 120)
+    members = group.all_members()
+    assert len(members) == children + 1
+    return group, members
+
+
+def kill_group_victim(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup, group: Cgroup, pids: list[int]
+) -> KillRecord:
+    record_group = CgroupRecord(path=group.path, memory=None, pressure=None, pids=tuple(pids))
+    event = PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+    snap = Snapshot(scope=scratch.path, event=event, processes=(), cgroups=(record_group,))
+    actuator = Actuator(reaper, KillSettings(confirm_timeout_ms=120_000), layout=scratch.layout)
+    return execute(run_async, actuator, Victim.group(record_group, "test"), snap)
+
+
+def test_5000_member_group_kill_leaves_the_fd_count_at_its_baseline(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """cgroup.kill of 5,000 members: all die, confirmed from cgroup.events, no fd left open."""
+    if (reason := scratch_unavailable_reason()) is not None:
+        pytest.skip(f"real-kernel test: {reason}")
+    with ScratchGroup(None) as scratch:
+        group, pids = group_of(scratch, "big", 4999)
+        bystander = scratch.spawn_workload("sleep")
+        baseline = open_fds()
+        record = kill_group_victim(run_async, reaper, scratch, group, pids)
+        assert record.result is KillResult.KILLED
+        assert record.members == 5000
+        assert group.all_members() == []
+        assert open_fds() == baseline
+        assert bystander.poll() is None
+
+
+def test_group_larger_than_the_soft_fd_limit_is_killed_without_emfile(
+    run_async: RunAsync, reaper: Reaper
+) -> None:
+    """Under a 1,024 soft RLIMIT_NOFILE a 1,200-member group is killed and nothing leaks
+    (one pidfd per member used to hit EMFILE before cgroup.kill was ever written)."""
+    if (reason := scratch_unavailable_reason()) is not None:
+        pytest.skip(f"real-kernel test: {reason}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with ScratchGroup(None) as scratch:
+        group, pids = group_of(scratch, "wide", 1199)
+        baseline = open_fds()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            record = kill_group_victim(run_async, reaper, scratch, group, pids)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert record.result is KillResult.KILLED
+        assert record.members == 1200
+        assert group.all_members() == []
+        assert open_fds() == baseline
+
+
+def test_raise_fd_limit_takes_the_soft_limit_to_the_hard_one() -> None:
+    """Start-up lifts a low soft RLIMIT_NOFILE to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048:
+        pytest.skip(f"hard RLIMIT_NOFILE is {hard}: nothing to raise to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        assert raise_fd_limit() == (1024, hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- #12.3: one kill per cause ---------------------------------------------------------------
+
+FORKING_HOG = """
+import os, signal, sys
+for _ in range(8):
+    if os.fork() == 0:
+        block = bytearray(8 << 20)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
+        while True:
+            signal.pause()
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+        return [int(word) for word in handle.read().split()]
+
+
+def test_victim_with_a_family_dies_with_all_8_children_in_one_kill(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """A parent and its 8 allocating children, named as the victim's family: all 9 die in
+    one kill, the record lists them, the bystander lives, every fd is closed."""
+    scratch.set_limit(512 << 20)
+    bystander = scratch.spawn_workload("sleep")
+    parent = scratch.spawn([sys.executable, "-c", FORKING_HOG])
+    wait_for_ready(parent, 60)
+    children = children_of(parent.pid)
+    assert len(children) == 8
+    snap = snapshot_of(parent.pid, *children, bystander.pid)
+    by_pid = {record.pid: record for record in snap.processes}
+    family = tuple((pid, by_pid[pid].start_time) for pid in children)
+    victim = dataclasses.replace(Victim.process(by_pid[parent.pid], "test"), family=family)
+    watch = [os.pidfd_open(pid) for pid in children]
+    try:
+        baseline = open_fds()
+        actuator = Actuator(reaper, KillSettings(), layout=scratch.layout)
+        record = execute(run_async, actuator, victim, snap)
+        assert open_fds() == baseline
+        assert record.result is KillResult.KILLED
+        assert record.members == 9
+        assert sorted(int(pid) for pid in str(record.figures["family"]).split(",")) == sorted(
+            children
+        )
+        assert parent.wait(10) == -signal.SIGKILL
+        assert all(pidfd.wait_exited(fd, 10) for fd in watch)
+    finally:
+        for fd in watch:
+            os.close(fd)
+    assert bystander.poll() is None
+
+
+def test_family_member_whose_pid_was_reused_is_not_signalled(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """A family entry whose start time no longer matches is skipped: only the victim dies."""
+    victim_proc = scratch.spawn_workload("sleep")
+    other = scratch.spawn_workload("sleep")
+    snap = snapshot_of(victim_proc.pid, other.pid)
+    by_pid = {record.pid: record for record in snap.processes}
+    stale = ((other.pid, by_pid[other.pid].start_time - 1),)
+    victim = dataclasses.replace(Victim.process(by_pid[victim_proc.pid], "test"), family=stale)
+    actuator = Actuator(reaper, KillSettings(), layout=scratch.layout)
+    record = execute(run_async, actuator, victim, snap)
+    assert record.result is KillResult.KILLED
+    assert record.members == 1 and record.figures["family_skipped"] == 1
+    assert victim_proc.wait(10) == -signal.SIGKILL
+    assert other.poll() is None
+
+
+# -- #12.4: a group that cannot empty does not hold the scope -------------------------------
+
+
+def test_group_with_a_frozen_member_is_dying_refused_again_and_confirmed_once_thawed(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """cgroup.kill of a group whose member is frozen (v1 freezer): the kill returns as
+    'dying' instead of waiting, the guard refuses the group meanwhile, and once thawed the
+    group empties and the watch ends."""
+    group = scratch.child("stuck")
+    stuck = scratch.spawn_workload("hog", "16", group=group)
+    other = scratch.spawn_workload("sleep", group=group)
+    pids = group.all_members()
+    record_group = CgroupRecord(path=group.path, memory=None, pressure=None, pids=tuple(pids))
+    event = PressureEvent(scope=scratch.path, level="some", source=EventSource.MANUAL)
+    snap = Snapshot(scope=scratch.path, event=event, processes=(), cgroups=(record_group,))
+    settled: list[KillRecord] = []
+    actuator = Actuator(
+        reaper,
+        KillSettings(confirm_timeout_ms=120_000),
+        layout=scratch.layout,
+        deaths=DeathWatch(on_settled=settled.append),
+    )
+    guard = Guard(GuardSettings(), deaths=actuator.deaths)
+    victim = Victim.group(record_group, "test")
+
+    async def go() -> tuple[KillRecord, str | None, bool]:
+        with frozen_v1(stuck.pid):
+            record = await actuator.execute(
+                victim, snap, Decision.kill(victim), decided_ns=0, dry_run=False
+            )
+            refused = guard.check(victim, snap)
+        # Thawed: the SIGKILL it has pending ends it, the group empties, the watch ends.
+        async with asyncio.timeout(30):
+            await actuator.deaths.wait_all()
+        return record, refused, actuator.deaths.is_dying_group(group.path)
+
+    record, refused, still_dying = run_async(go())
+    assert record.result is KillResult.DYING
+    assert record.signal == "cgroup.kill"
+    assert refused is not None and "undying" in refused
+    assert not still_dying
+    assert [(r.target, r.result) for r in settled] == [(record.target, KillResult.KILLED)]
+    assert settled[0].signal_to_exit_ms is not None
+    assert stuck.wait(10) == -signal.SIGKILL
+    assert other.wait(10) == -signal.SIGKILL
+
+
+def wait_for_events_line(group: Cgroup, line: str, timeout_s: float = 10.0) -> None:
+    """Wait for a line in ``cgroup.events``; the kernel wakes pollers (POLLPRI) on changes."""
+    fd = os.open(group.file("cgroup.events"), os.O_RDONLY)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+        deadline = time.monotonic() + timeout_s
+        while line not in os.pread(fd, 4096, 0).decode().splitlines():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {line!r} in {group.path}/cgroup.events"
+            poller.poll(remaining * 1000)
+    finally:
+        os.close(fd)
+
+
+def test_kernel_fact_a_v2_frozen_task_still_dies_on_sigkill(scratch: ScratchGroup) -> None:
+    """Kernel fact the frozen-victim tests rest on: cgroup v2 ``cgroup.freeze`` lets a fatal
+    signal through (the task exits while its group stays frozen), so only the v1 freezer
+    makes a task that cannot exit after SIGKILL."""
+    group = scratch.child("v2frozen")
+    proc = scratch.spawn_workload("hog", "16", group=group)
+    group.freeze()
+    wait_for_events_line(group, "frozen 1")
+    fd = pidfd.open_pidfd(proc.pid)
+    try:
+        pidfd.send_signal(fd)
+        assert pidfd.wait_exited(fd, 10)
+    finally:
+        os.close(fd)
+        group.thaw()
+    assert proc.wait(10) == -signal.SIGKILL

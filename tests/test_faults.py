@@ -11,6 +11,7 @@ import errno
 import signal
 import subprocess
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ClassVar
@@ -20,10 +21,11 @@ import pytest
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, KillRecord, KillResult, PressureEvent
-from pressured.kernel import pidfd
+from pressured.kernel import pidfd, psi
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.snapshot import Snapshot
 from pressured.testing.scratch import ScratchGroup
+from tests.freezing import frozen_v1
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
 pytestmark = pytest.mark.kernel
@@ -297,3 +299,93 @@ def test_event_burst_is_bounded_and_the_rate_limit_holds(
     assert peak_queue <= 8
     assert grown < 2 << 20
     assert sum(1 for v in victims if v.poll() is None) == 3
+
+
+def test_reload_keeps_the_cooldown_of_the_last_kill(
+    run_async: RunAsync, scratch: ScratchGroup, bystander: subprocess.Popen[bytes]
+) -> None:
+    """A kill, then SIGHUP's reload, then an event inside the cooldown: deferred, not a
+    second kill (the reload used to start the guard's history over)."""
+    scratch.set_limit(256 << 20)
+    first = scratch.spawn_workload("hog", "32")
+    second = scratch.spawn_workload("hog", "16")
+    settings = settings_for(
+        scratch, guard={"cooldown_ms": 600_000, "protect_cmdline": ["workloads sleep"]}
+    )
+
+    async def go() -> tuple[KillRecord | None, KillRecord | None, int]:
+        async with Controller(settings, reload=lambda: settings) as controller:
+            killed = await handle(controller, scratch)
+            assert await controller.reload()
+            after = await handle(controller, scratch)
+            return killed, after, controller.scopes[0].stats.deferred
+
+    killed, after, deferred = run_async(go())
+    assert killed is not None and killed.pid == first.pid
+    assert first.wait(10) == -signal.SIGKILL
+    assert after is None and deferred == 1
+    assert second.poll() is None
+
+
+def psi_event(scratch: ScratchGroup) -> PressureEvent:
+    trigger = psi.TriggerSpec(psi.Resource.MEMORY, "some", 140_000, 2_000_000)
+    return PressureEvent(scope=scratch.path, level="some", source=EventSource.PSI, trigger=trigger)
+
+
+def test_frozen_victim_is_reaped_and_the_scope_moves_on_to_the_next_thrasher(
+    run_async: RunAsync, scratch: ScratchGroup, bystander: subprocess.Popen[bytes]
+) -> None:
+    """A frozen victim cannot exit after SIGKILL, yet mrelease frees its memory: the scope
+    acts again at once (the next victim is killed while the frozen one still lives) and the
+    frozen one is never chosen again."""
+    scratch.set_limit(256 << 20)
+    frozen = scratch.spawn_workload("hog", "48")
+    second = scratch.spawn_workload("hog", "24")
+    settings = settings_for(
+        scratch,
+        policies=[{"name": "largest"}],
+        guard={"protect_cmdline": ["workloads sleep"]},
+        kill={"confirm_timeout_ms": 120_000},
+    )
+    with frozen_v1(frozen.pid) as freezer:
+
+        async def go() -> tuple[list[KillRecord | None], int, bool, bool, KillResult, bool]:
+            async with Controller(settings) as controller:
+                started = time.monotonic()
+                records = [await handle(controller, scratch)]
+                print(f"frozen victim: scope free after {time.monotonic() - started:.2f} s")
+                in_flight = controller.scopes[0].guard.in_flight
+                # A trigger event right after it may count the stall the kill just ended.
+                stale = controller.scopes[0]._stale(psi_event(scratch))
+                assert stale is not None and stale.startswith("stale")
+                # Nor are the scope's refaults evidence while its victim is still dying.
+                guard = controller.scopes[0].guard
+                assert guard.victim_dying(scratch.path) is not None
+                records.append(await handle(controller, scratch))
+                records.append(await handle(controller, scratch))
+                watched = any(pid == frozen.pid for pid, _ in controller.deaths.dying)
+                alive_through_it_all = frozen.poll() is None
+                # Thawed, it dies of the SIGKILL it has pending; the record is brought up
+                # to date in the background.
+                (freezer / "freezer.state").write_text("THAWED")
+                async with asyncio.timeout(30):
+                    await controller.deaths.wait_all()
+                final = controller.recent[0].result
+                evidence_again = guard.victim_dying(scratch.path) is None
+                return records, in_flight, watched, alive_through_it_all, final, evidence_again
+
+        records, in_flight, watched, alive_through_it_all, final, evidence_again = run_async(go())
+        first, then, last = records
+        assert first is not None and first.pid == frozen.pid
+        assert first.result is KillResult.DYING
+        assert first.mrelease is not None and str(first.mrelease.status) == "reaped"
+        assert in_flight == 0
+        assert then is not None and then.pid == second.pid
+        assert then.result is KillResult.KILLED
+        assert watched
+        assert last is None  # the frozen one is no candidate; the bystander is protected
+        assert alive_through_it_all  # all that happened while the frozen one still lived
+        assert final is KillResult.KILLED
+        assert evidence_again
+    assert frozen.wait(10) == -signal.SIGKILL
+    assert second.wait(10) == -signal.SIGKILL

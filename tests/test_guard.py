@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from pressured.config import GuardSettings
+from pressured.deathwatch import DeathWatch
 from pressured.guard import Guard
+from pressured.pacing import Pacing
 from pressured.policies.base import Victim
 from pressured.snapshot import CgroupRecord, Snapshot
 from tests.records import process, snapshot
@@ -114,3 +118,59 @@ def test_rate_limit_counts_kills_in_the_last_minute() -> None:
     assert "rate limit" in (g.pacing() or "")
     clock.now += 60.0
     assert g.pacing() is None
+
+
+def test_a_new_guard_on_the_same_pacing_keeps_the_history_with_its_own_settings() -> None:
+    """A reload builds a new guard on the daemon's Pacing: the last kill's cooldown and the
+    kills of the last minute carry over, judged by the new settings."""
+    clock = FakeClock()
+    pacing = Pacing(clock)
+    old = Guard(GuardSettings(cooldown_ms=1000), self_pid=SELF, pacing=pacing)
+    old.kill_started()
+    new = Guard(
+        GuardSettings(cooldown_ms=5000, max_kills_per_minute=1), self_pid=SELF, pacing=pacing
+    )
+    assert new.pacing() == "a kill is in flight"
+    new.kill_finished()
+    assert "cooling down" in (old.pacing() or "")
+    clock.now += 5.1
+    assert "rate limit" in (new.pacing() or "")
+    assert old.pacing() is None  # its own limit (10 a minute) is not reached
+
+
+def test_try_start_checks_and_counts_in_one_step() -> None:
+    """The watchdog thread's check-and-start cannot let two kills through at once."""
+    g = guard(FakeClock(), cooldown_ms=0)
+    assert g.try_start() is None
+    assert g.try_start() == "a kill is in flight"
+    assert g.in_flight == 1
+
+
+def test_pacing_is_consistent_under_threads() -> None:
+    """Many threads racing try_start/kill_finished never let two kills be in flight."""
+    pacing = Pacing()
+    g = Guard(GuardSettings(cooldown_ms=0, max_kills_per_minute=10_000), pacing=pacing)
+    overlaps: list[int] = []
+
+    def worker() -> None:
+        for _ in range(300):
+            if g.try_start() is None:
+                overlaps.append(pacing.in_flight)
+                g.kill_finished()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps and set(overlaps) == {1}
+
+
+def test_a_dying_victim_is_refused_and_left_out() -> None:
+    """A process already sent SIGKILL that has not exited is protected by identity only:
+    another process that later gets its PID is not."""
+    deaths = DeathWatch()
+    deaths._dying[(20, 1000)] = "pid 20 (worker)"
+    g = Guard(GuardSettings(), self_pid=SELF, deaths=deaths)
+    assert "undying" in (g.process_protection(process(20, start_time=1000)) or "")
+    assert g.process_protection(process(20, start_time=2000)) is None
