@@ -111,7 +111,7 @@ class Controller:
         self_cgroup = None
         with contextlib.suppress(OSError):
             self_cgroup = cgroupfs.own_cgroup("self", settings.daemon.proc_root)
-        guard = Guard(settings.guard, self_cgroup=self_cgroup)
+        guard = Guard(settings.guard, self_cgroup=self_cgroup, proc_root=settings.daemon.proc_root)
         actuator = Actuator(
             self.reaper,
             settings.kill,
@@ -127,7 +127,9 @@ class Controller:
                 directory = self.layout.v2_dir(scope.cgroup)
                 if not directory.is_dir():
                     raise ConfigError(f"scopes.{index}.cgroup", f"{directory} does not exist")
-            chain = PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
+            chain = PolicyChain.from_settings(
+                scope.policies, f"scopes.{index}.policies", family=settings.kill.family
+            )
             runners.append(
                 ScopeRunner(
                     index,

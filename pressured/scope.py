@@ -27,6 +27,7 @@ from pressured.config import ScopeSettings
 from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
+from pressured.history import ProcessHistory
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.monitors.availability import AvailabilityMonitor
@@ -123,6 +124,7 @@ class ScopeRunner:
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
+        self.history = ProcessHistory(proc_root=proc_root)
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:
@@ -328,7 +330,7 @@ class ScopeRunner:
         recent = self._recent_kills()
 
         def _take() -> Snapshot:
-            return take_snapshot(
+            snapshot = take_snapshot(
                 event,
                 layout=self.layout,
                 proc_root=self.proc_root,
@@ -338,6 +340,9 @@ class ScopeRunner:
                 recent_kills=recent,
                 protection=self.guard.process_protection,
             )
+            # Growth needs history (or a short second sample); then say if protection keeps
+            # the largest consumer out of the choice.
+            return self.guard.review(self.history.complete(snapshot))
 
         return await loop.run_in_executor(self.io, _take)
 

@@ -43,11 +43,13 @@ def builtin_policies() -> dict[str, type[Any]]:
     from pressured.policies.adj_tiers import AdjTiersPolicy
     from pressured.policies.cgroup_pressure import CgroupPressurePolicy
     from pressured.policies.cgroup_size_growth import CgroupSizeGrowthPolicy
+    from pressured.policies.culprit import CulpritPolicy
     from pressured.policies.largest import LargestPolicy
     from pressured.policies.oom_score import OomScorePolicy
     from pressured.policies.swap_usage import SwapUsagePolicy
 
     classes: list[type[Any]] = [
+        CulpritPolicy,
         OomScorePolicy,
         LargestPolicy,
         AdjTiersPolicy,
