@@ -27,7 +27,7 @@ from pressured.config import ScopeSettings
 from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
-from pressured.history import ProcessHistory
+from pressured.history import RESAMPLE_S, ProcessHistory
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.monitors.availability import AvailabilityMonitor
@@ -124,7 +124,11 @@ class ScopeRunner:
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
-        self.history = ProcessHistory(proc_root=proc_root)
+        # The short second sample costs each episode's first decision ~200 ms: only for a
+        # chain that ranks on rates.
+        self.history = ProcessHistory(
+            proc_root=proc_root, resample_s=RESAMPLE_S * chain.wants_history
+        )
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:

@@ -199,3 +199,13 @@ def test_chain_expands_the_winner_unless_family_is_off() -> None:
     off = asyncio.run(_chain(False).decide(snapshot)).decision.victims[0]
     assert on.family == (kid.identity,)
     assert off.family == ()
+
+
+def test_only_a_chain_ranking_on_rates_pays_for_the_second_sample() -> None:
+    """The default chain wants history (200 ms second sample); oom_score alone does not."""
+    from pressured.config import PolicySettings, ScopeSettings
+
+    default = PolicyChain.from_settings(ScopeSettings().policies, "scopes.0.policies")
+    alone = PolicyChain.from_settings([PolicySettings(name="oom_score")], "scopes.0.policies")
+    assert default.wants_history
+    assert not alone.wants_history

@@ -191,6 +191,12 @@ class PolicyChain:
             links.append(ChainLink(policy, source, item.timeout_ms / 1000))
         return cls(links, disable_after=disable_after, family=family)
 
+    @property
+    def wants_history(self) -> bool:
+        """Whether a policy here ranks on rates (``wants_history``), so that the first
+        snapshot of an episode is worth a short second sample."""
+        return any(getattr(link.policy, "wants_history", False) for link in self.links)
+
     def stats(self) -> tuple[PolicyStats, ...]:
         """A copy of every link's counters, in chain order."""
         return tuple(

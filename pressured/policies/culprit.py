@@ -127,6 +127,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
 
     name: ClassVar[str] = "culprit"
     Options = CulpritOptions
+    wants_history: ClassVar[bool] = True
 
     def rank(self, snapshot: Snapshot) -> list[FamilyFigures]:
         """Every family with its figures, best victim first."""
