@@ -125,7 +125,7 @@ def expand(victim: Victim, snapshot: Snapshot, cgroup_check: CgroupCheck | None 
             start_time=None,
             reason=f"{victim.reason}; whole cgroup {root.cgroup} (it holds just pid "
             f"{root.pid} and its {len(family)} descendant(s))",
-            figures={**victim.figures, "family": "cgroup", "family_size": len(family) + 1},
+            figures={**victim.figures, "family_kind": "cgroup", "family_size": len(family) + 1},
             family=(),
         )
     if not family:
@@ -134,6 +134,6 @@ def expand(victim: Victim, snapshot: Snapshot, cgroup_check: CgroupCheck | None 
         victim,
         reason=f"{victim.reason}; with its family of {len(family)} descendant(s) in process "
         f"group {root.pgid}",
-        figures={**victim.figures, "family": "process_group", "family_size": len(family) + 1},
+        figures={**victim.figures, "family_kind": "process_group", "family_size": len(family) + 1},
         family=tuple(member.identity for member in family),
     )

@@ -7,6 +7,7 @@ limit) is state with an injectable clock so tests need not sleep.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import deque
@@ -77,9 +78,11 @@ class Guard:
         return None
 
     def review(self, snapshot: Snapshot) -> Snapshot:
-        """Say loudly when protection leaves the scope's largest consumer out of the choice:
-        the kill that follows takes someone smaller, and whoever reads the log must see why.
-        Returns the snapshot unchanged (so it chains after the scan)."""
+        """After the scan (on its thread): give the records the executable identity that the
+        protection pass read (``exe_dev``/``exe_ino``, so later checks need no ``stat``), and
+        say loudly when protection leaves the scope's largest consumer out of the choice: the
+        kill that follows takes someone smaller, and whoever reads the log must see why."""
+        snapshot = self._with_identities(snapshot)
         largest = max(
             (p for p in snapshot.processes if not p.is_kernel_thread and p.state != "Z"),
             key=lambda p: p.memory_bytes,
@@ -100,6 +103,19 @@ class Guard:
             detail="the largest process in scope is protected and will not be chosen",
         )
         return snapshot
+
+    def _with_identities(self, snapshot: Snapshot) -> Snapshot:
+        identities = self.protection.take_identities()
+        if not identities:
+            return snapshot
+        records = []
+        for record in snapshot.processes:
+            found = identities.get(record.identity)
+            if record.exe_dev is None and found is not None:
+                records.append(dataclasses.replace(record, exe_dev=found[0], exe_ino=found[1]))
+            else:
+                records.append(record)
+        return dataclasses.replace(snapshot, processes=tuple(records))
 
     def check(self, victim: Victim, snapshot: Snapshot) -> str | None:
         """Why ``victim`` must be rejected, or None when it may be killed."""

@@ -33,6 +33,7 @@ DELETED_SUFFIX = " (deleted)"
 
 FileId = tuple[int, int]
 """(st_dev, st_ino) of a file."""
+IDENTITY_CACHE_LIMIT = 131_072
 
 
 def within(path: str | None, roots: Iterable[str]) -> str | None:
@@ -158,6 +159,8 @@ class Protection:
         self._names = frozenset(settings.protect_names)
         self._cmdline = tuple(re.compile(pattern) for pattern in settings.protect_cmdline)
         self._rules = tuple(self._compile(rule) for rule in settings.protect)
+        self._identities: dict[tuple[int, int], FileId | None] = {}
+        """Executables read by :meth:`process` since the last :meth:`take_identities`."""
 
     @staticmethod
     def _compile(rule: ProtectRule) -> _CompiledRule:
@@ -208,6 +211,9 @@ class Protection:
         if record.uid in self._uids:
             return f"protected uid {record.uid}"
         identity = exe_identity(record, self.proc_root)
+        if len(self._identities) >= IDENTITY_CACHE_LIMIT:
+            self._identities.clear()
+        self._identities[record.identity] = identity
         executable = self._protected_executable(record, identity)
         if executable is not None:
             return f"protected executable {executable}"
@@ -221,6 +227,12 @@ class Protection:
                 if pattern.search(record.cmdline):
                     return f"protected cmdline pattern {pattern.pattern!r} (root-owned)"
         return None
+
+    def take_identities(self) -> dict[tuple[int, int], FileId | None]:
+        """The executables read since the last call, by process identity (then forgotten):
+        the scan's protection pass has read them already, so records can carry them."""
+        taken, self._identities = self._identities, {}
+        return taken
 
     def cgroup(self, path: str) -> str | None:
         """Why the group itself must not be killed (members aside), or None."""

@@ -196,3 +196,16 @@ def test_unprotected_largest_consumer_is_not_logged() -> None:
     with capture_logs() as logs:
         guard.review(snap)
     assert not [entry for entry in logs if entry["event"] == "protection.largest_excluded"]
+
+
+def test_records_carry_the_executable_read_by_the_protection_pass(
+    renamed_child: subprocess.Popen[bytes],
+) -> None:
+    """After review, records have exe_dev/exe_ino (the scan's stat), so checks need no stat."""
+    record = procfs.read_process(renamed_child.pid)
+    assert record.exe_dev is None
+    guard = Guard(GuardSettings(), self_pid=SELF)
+    assert guard.process_protection(record) is None  # the scan's protection pass
+    reviewed = guard.review(make_snapshot([record])).process(renamed_child.pid)
+    assert reviewed is not None
+    assert (reviewed.exe_dev, reviewed.exe_ino) == file_id(f"/proc/{renamed_child.pid}/exe")

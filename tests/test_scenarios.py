@@ -108,7 +108,7 @@ def test_forking_hog_dies_with_its_children_in_one_kill(thrash_file: str, tmp_pa
     staged, kills, _ = _run("forking-hog", thrash_file, tmp_path)
     kill = _the_one_kill(kills)
     assert kill["pid"] == staged.culprits[0]
-    assert kill["figures"]["family"] == "process_group"
+    assert kill["figures"]["family_kind"] == "process_group"
     assert kill["figures"]["family_size"] == 9
 
 
