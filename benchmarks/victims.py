@@ -3,11 +3,11 @@ policy alone, the default chain, and the old default (``oom_score`` with name pr
 single-process kills), on the real kernel.
 
 For each (scenario, policy) a fresh scratch group gets its bystanders, a ``pressured run``
-daemon watching only that group with only that policy, then the culprit. The run ends when
-every culprit process is gone (relief), when a bystander dies and the culprit is still alive
-after the timeout, or at the timeout. A cell says whether the first kill hit the cause and no
+daemon watching only that group with only that policy, then the culprit. The run ends at
+relief (every thrashing culprit process is gone) or at the timeout. A cell says whether the first kill hit the cause and no
 bystander died (``right``), how many kills it took until relief, and onset -> relief seconds
-(onset: the culprit is in place and thrashing).
+(onset: the culprit is in place and thrashing; relief: every thrashing culprit process is gone;
+a note counts culprits left alive, such as a forking hog's parent).
 
 Run: ``python -m benchmarks.victims`` (root, cgroup2 and PSI needed). ``--timeout`` caps each
 run; ``--scenarios`` / ``--policies`` narrow the table.
@@ -50,7 +50,7 @@ class Outcome:
     kills: int
     bystanders_killed: int
     relief_s: float | None
-    """Onset -> every culprit process gone; None when that did not happen in time."""
+    """Onset -> every thrashing culprit gone; None when that did not happen in time."""
     first_target: str | None
     decision_ms: list[float] = field(default_factory=list)
     """event -> decision of each kill (the first includes the culprit's 200 ms resample)."""
@@ -101,13 +101,15 @@ def run_one(scenario_name: str, policy: str, thrash_file: str, timeout_s: float)
             staged = scenario.culprit(group, thrash_file)
             onset = time.monotonic()
             relief: float | None = None
+            thrashers = staged.thrashers or staged.culprits
             while time.monotonic() - onset < timeout_s:
-                if not any(alive(pid) for pid in staged.culprits):
+                if not any(alive(pid) for pid in thrashers):
                     relief = time.monotonic() - onset
                     break
                 time.sleep(0.1)
             kills = daemon.events("victim.killed")
             daemon.stop()
+        survivors = [pid for pid in staged.culprits if alive(pid)]
         dead = [label for label, pid in bystanders.items() if not alive(pid)]
         culprit_targets = {f"pid {pid}" for pid in staged.culprits}
         if staged.culprit_group is not None:
@@ -131,7 +133,8 @@ def run_one(scenario_name: str, policy: str, thrash_file: str, timeout_s: float)
                 for k in kills
                 if k.get("event_to_decision_ms") is not None
             ],
-            note="" if kills or relief is not None else f"no kill in {timeout_s:g} s",
+            note=(f"no kill in {timeout_s:g} s" if not kills and relief is None else "")
+            + (f"{len(survivors)} culprit(s) left" if survivors and relief is not None else ""),
         )
 
 

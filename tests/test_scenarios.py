@@ -150,3 +150,34 @@ def test_oomd_omit_xattr_is_read_and_the_group_never_chosen(scratch: ScratchGrou
     assert read_cgroup_record(child).omit
     plain = scratch.child("plain")
     assert not read_cgroup_record(plain).omit
+
+
+def test_protected_largest_consumer_is_named_in_a_warning(
+    scratch: ScratchGroup, thrash_file: str, tmp_path: Path
+) -> None:
+    """A protected 100 MiB process is the largest in scope: each decision says so, loudly,
+    with its size and the rule, and the thrasher beside it dies."""
+    scratch.set_limit(192 << 20)
+    database = scratch.child("db")
+    config = write_config(
+        tmp_path / "p.toml",
+        scope_config(
+            scratch.path,
+            scratch.memcg_path,
+            policies="",
+            extra_guard=f'protect_cgroups = ["{database.path}"]\n',
+        ),
+    )
+    big = scratch.spawn_workload("hog", "100", group=database)
+    with Daemon(config) as daemon:
+        daemon.wait_for("controller.ready", 20)
+        thrasher = scratch.spawn_workload("thrash", thrash_file)
+        kill = daemon.wait_for("victim.killed", KILL_TIMEOUT_S)
+        assert kill["pid"] == thrasher.pid
+        warning = daemon.wait_for("protection.largest_excluded", 5)
+        assert warning["level"] == "warning"
+        assert warning["pid"] == big.pid
+        assert warning["bytes"] >= 100 << 20
+        assert database.path in warning["rule"]
+        daemon.stop()
+    assert big.poll() is None

@@ -134,6 +134,9 @@ class Staged:
 
     culprits: list[int] = field(default_factory=list)
     """PIDs that must all die (the cause)."""
+    thrashers: list[int] = field(default_factory=list)
+    """The culprits that make the pressure (all of them where empty): relief is when these
+    are gone (a forking hog's sleeping parent makes none, though it must die too)."""
     culprit_group: str | None = None
     """Where the cause has its own cgroup: the group a cgroup kill may name."""
     bystanders: dict[str, int] = field(default_factory=dict)
@@ -199,13 +202,13 @@ def _grower(group: ScratchGroup, path: str) -> Staged:
 
 def _forker(group: ScratchGroup, path: str) -> Staged:
     proc, children = spawn(group, "forker", "8", path)
-    return Staged(culprits=[proc.pid, *children])
+    return Staged(culprits=[proc.pid, *children], thrashers=children)
 
 
 def _forker_in_own_group(group: ScratchGroup, path: str) -> Staged:
     child = group.child("batch")
     proc, children = spawn(group, "forker", "8", path, cgroup=child)
-    return Staged(culprits=[proc.pid, *children], culprit_group=child.path)
+    return Staged(culprits=[proc.pid, *children], thrashers=children, culprit_group=child.path)
 
 
 def _hog_in_ssh_service(group: ScratchGroup, path: str) -> Staged:
