@@ -4,10 +4,10 @@ single-process kills), on the real kernel.
 
 For each (scenario, policy) a fresh scratch group gets its bystanders, a ``pressured run``
 daemon watching only that group with only that policy, then the culprit. The run ends at
-relief (every thrashing culprit process is gone) or at the timeout. A cell says whether the first kill hit the cause and no
-bystander died (``right``), how many kills it took until relief, and onset -> relief seconds
-(onset: the culprit is in place and thrashing; relief: every thrashing culprit process is gone;
-a note counts culprits left alive, such as a forking hog's parent).
+relief (every thrashing culprit process is gone) or at the timeout. A cell says whether the
+first kill hit the cause and no bystander died (``right``), how many kills it took until
+relief, and onset -> relief seconds (onset: the culprit is in place and thrashing); a note
+counts culprits left alive, such as a forking hog's sleeping parent.
 
 Run: ``python -m benchmarks.victims`` (root, cgroup2 and PSI needed). ``--timeout`` caps each
 run; ``--scenarios`` / ``--policies`` narrow the table.
@@ -16,6 +16,7 @@ run; ``--scenarios`` / ``--policies`` narrow the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -107,6 +108,12 @@ def run_one(scenario_name: str, policy: str, thrash_file: str, timeout_s: float)
                     relief = time.monotonic() - onset
                     break
                 time.sleep(0.1)
+            if relief is not None:
+                # The kill record is emitted once the victim (and its family) is confirmed
+                # dead, which may come just after the thrashers vanished.
+                with contextlib.suppress(TimeoutError):
+                    daemon.wait_for("victim.killed", 10)
+                time.sleep(1.0)
             kills = daemon.events("victim.killed")
             daemon.stop()
         survivors = [pid for pid in staged.culprits if alive(pid)]
