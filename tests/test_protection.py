@@ -209,3 +209,28 @@ def test_records_carry_the_executable_read_by_the_protection_pass(
     reviewed = guard.review(make_snapshot([record])).process(renamed_child.pid)
     assert reviewed is not None
     assert (reviewed.exe_dev, reviewed.exe_ino) == file_id(f"/proc/{renamed_child.pid}/exe")
+
+
+def test_any_process_can_rewrite_its_name_and_command_line() -> None:
+    """Kernel fact behind #12.1: prctl(PR_SET_NAME) plus a write of /proc/self/mem over the
+    argv area change what /proc/PID/comm and cmdline say, with no privilege; the executable
+    (and so the default protection) stays what it was."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom pressured.testing.culprits import disguise\ndisguise()\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        record = procfs.read_process(child.pid)
+        assert record.comm == "sshd"
+        assert record.cmdline == "sshd: root@pts/0"
+        assert os.path.realpath(f"/proc/{child.pid}/exe") == os.path.realpath(sys.executable)
+        assert protection().process(record) is None
+    finally:
+        child.kill()
+        child.wait()
