@@ -25,8 +25,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import structlog
+
 from pressured.config import GuardSettings, ProtectRule
 from pressured.kernel.procfs import ProcessRecord
+
+log = structlog.get_logger("pressured.protection")
 
 OOM_SCORE_ADJ_NEVER = -1000
 DELETED_SUFFIX = " (deleted)"
@@ -161,6 +165,15 @@ class Protection:
         self._rules = tuple(self._compile(rule) for rule in settings.protect)
         self._identities: dict[tuple[int, int], FileId | None] = {}
         """Executables read by :meth:`process` since the last :meth:`take_identities`."""
+        if settings.protect_names or settings.protect_cmdline:
+            log.warning(
+                "protection.names_root_only",
+                names=list(settings.protect_names),
+                cmdline=list(settings.protect_cmdline),
+                detail="protect_names and protect_cmdline now protect root-owned processes "
+                "only: any process can choose its name and command line. Use "
+                "protect_executables or protect rules with exe, uid or cgroup instead.",
+            )
 
     @staticmethod
     def _compile(rule: ProtectRule) -> _CompiledRule:

@@ -108,8 +108,11 @@ def test_rule_naming_a_missing_executable_matches_nothing(tmp_path: Path) -> Non
 
 
 def test_legacy_protect_names_only_cover_root_owned_processes() -> None:
-    """protect_names still works, for root-owned processes: a user's 'sshd' is not protected."""
-    p = protection(protect_names=["sshd"])
+    """protect_names still works, for root-owned processes: a user's 'sshd' is not protected,
+    and a warning at start-up says so."""
+    with capture_logs() as logs:
+        p = protection(protect_names=["sshd"])
+    assert [e for e in logs if e["event"] == "protection.names_root_only"]
     assert "root-owned" in (p.process(make_process(80, comm="sshd", uid=0)) or "")
     assert p.process(make_process(81, comm="sshd", uid=1000)) is None
 
