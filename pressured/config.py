@@ -192,7 +192,9 @@ class PolicySettings(_Model):
 
 
 def _default_policies() -> tuple[PolicySettings, ...]:
-    return (PolicySettings(name="oom_score"),)
+    # The culprit first (what is taking memory now, by family), then the kernel's badness as
+    # the safety net should the first fail or time out (docs/policies.md states the rule).
+    return (PolicySettings(name="culprit"), PolicySettings(name="oom_score"))
 
 
 class ScopeSettings(_Model):
@@ -284,23 +286,105 @@ class ScopeSettings(_Model):
         return self.cgroup or "system"
 
 
-class GuardSettings(_Model):
-    """What is never killed, and how often anything may be."""
+DEFAULT_PROTECTED_EXECUTABLES = (
+    "/usr/sbin/sshd",
+    "/usr/bin/sshd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/libexec/openssh/sshd-session",
+    "/usr/lib/openssh/sshd-auth",
+    "/usr/libexec/openssh/sshd-auth",
+    "/lib/systemd/systemd",
+    "/usr/lib/systemd/systemd",
+    "/lib/systemd/systemd-journald",
+    "/usr/lib/systemd/systemd-journald",
+    "/lib/systemd/systemd-logind",
+    "/usr/lib/systemd/systemd-logind",
+    "/sbin/init",
+    "/usr/bin/containerd",
+    "/usr/bin/dockerd",
+    "/usr/bin/kubelet",
+    "/usr/local/bin/kubelet",
+)
+"""Binaries whose processes are never killed: matched by the file's device and inode,
+resolved at start-up (paths missing on this host are skipped), never by a process's name."""
 
-    protect_names: tuple[str, ...] = Field(
-        default=("sshd", "systemd", "init", "pressured", "containerd", "dockerd", "kubelet"),
-        description="Exact process names (comm, at most 15 characters: the kernel keeps no "
-        "more) never chosen. Setting it REPLACES this default list: repeat the defaults you "
-        "still want.",
+DEFAULT_PROTECTED_CGROUPS = (
+    "/init.scope",
+    "/system.slice/ssh.service",
+    "/system.slice/sshd.service",
+)
+
+
+class ProtectRule(_Model):
+    """One protection rule: every field given must match. ``name`` and ``cmdline`` are chosen
+    by the process itself, so a rule needs at least one of ``exe``, ``uid`` or ``cgroup`` (what
+    a process cannot forge) beside them."""
+
+    name: str | None = Field(default=None, description="Exact process name (comm).")
+    cmdline: str | None = Field(default=None, description="Regex searched in the command line.")
+    exe: str | None = Field(
+        default=None,
+        description="Executable path, matched by device and inode (resolved at start-up).",
     )
-    protect_cmdline: tuple[str, ...] = Field(
-        default=(), description="Regular expressions searched in the command line."
+    uid: int | None = Field(default=None, ge=0, description="Real user id.")
+    cgroup: str | None = Field(
+        default=None, description="cgroup v2 path: the process is in it or below it."
+    )
+
+    @field_validator("cmdline")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} does not compile: {exc}") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _anchored_in_identity(self) -> ProtectRule:
+        if self.exe is None and self.uid is None and self.cgroup is None:
+            raise ValueError(
+                "a protection rule needs exe, uid or cgroup: name and cmdline are chosen by "
+                "the process itself (a thrasher can call itself 'sshd')"
+            )
+        return self
+
+
+class GuardSettings(_Model):
+    """What is never killed, and how often anything may be.
+
+    Protection is decided from what a process cannot forge: its executable (device and
+    inode), its uid and its cgroup. Names and command lines only count together with one of
+    those (``protect`` rules), or for root-owned processes (the older ``protect_names`` and
+    ``protect_cmdline``)."""
+
+    protect_executables: tuple[str, ...] = Field(
+        default=DEFAULT_PROTECTED_EXECUTABLES,
+        description="Executable paths whose processes are never chosen (matched by device and "
+        "inode of the file, resolved at start-up; missing paths are skipped).",
     )
     protect_cgroups: tuple[str, ...] = Field(
-        default=(), description="cgroup v2 paths whose processes (and subgroups) are protected."
+        default=DEFAULT_PROTECTED_CGROUPS,
+        description="cgroup v2 paths whose processes (and subgroups) are protected.",
     )
     protect_uids: tuple[int, ...] = Field(
         default=(), description="User IDs whose processes are never chosen."
+    )
+    protect: tuple[ProtectRule, ...] = Field(
+        default=(),
+        description="Rules combining a name or cmdline with exe, uid or cgroup.",
+    )
+    protect_names: tuple[str, ...] = Field(
+        default=(),
+        description="Exact process names (comm, at most 15 characters: the kernel keeps no "
+        "more) protected when the process is root-owned (uid 0): a name alone is "
+        "forgeable. Prefer 'protect_executables' or 'protect' rules.",
+    )
+    protect_cmdline: tuple[str, ...] = Field(
+        default=(),
+        description="Regular expressions searched in the command line, for root-owned "
+        "processes only (like protect_names).",
     )
     cooldown_ms: float = Field(
         default=1000,
@@ -332,10 +416,24 @@ class GuardSettings(_Model):
                 raise ValueError(f"pattern {index} ({pattern!r}) does not compile: {exc}") from None
         return patterns
 
+    @field_validator("protect_executables")
+    @classmethod
+    def _absolute_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} is not an absolute path")
+        return paths
+
 
 class KillSettings(_Model):
     """How a victim is killed."""
 
+    family: bool = Field(
+        default=True,
+        description="Kill a process victim together with its descendants in the same process "
+        "group (by cgroup.kill when its leaf cgroup holds just that family); false kills the "
+        "chosen process alone.",
+    )
     sigterm_first: bool = Field(
         default=False, description="Send SIGTERM and wait grace_ms before SIGKILL."
     )

@@ -119,7 +119,11 @@ class Controller:
         with contextlib.suppress(OSError):
             self_cgroup = cgroupfs.own_cgroup("self", settings.daemon.proc_root)
         guard = Guard(
-            settings.guard, self_cgroup=self_cgroup, pacing=self.pacing, deaths=self.deaths
+            settings.guard,
+            self_cgroup=self_cgroup,
+            proc_root=settings.daemon.proc_root,
+            pacing=self.pacing,
+            deaths=self.deaths,
         )
         actuator = Actuator(
             self.reaper,
@@ -137,7 +141,9 @@ class Controller:
                 directory = self.layout.v2_dir(scope.cgroup)
                 if not directory.is_dir():
                     raise ConfigError(f"scopes.{index}.cgroup", f"{directory} does not exist")
-            chain = PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
+            chain = PolicyChain.from_settings(
+                scope.policies, f"scopes.{index}.policies", family=settings.kill.family
+            )
             runners.append(
                 ScopeRunner(
                     index,

@@ -10,10 +10,12 @@ are refused too: killing them again frees nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 import time
 from dataclasses import dataclass
+
+import structlog
 
 from pressured.config import GuardSettings
 from pressured.deathwatch import DeathWatch
@@ -21,18 +23,12 @@ from pressured.events import VictimKind
 from pressured.kernel.procfs import ProcessRecord
 from pressured.pacing import Clock, Pacing
 from pressured.policies.base import Victim
+from pressured.protection import OOM_SCORE_ADJ_NEVER, Protection
 from pressured.snapshot import Snapshot
 
-OOM_SCORE_ADJ_NEVER = -1000
+__all__ = ["OOM_SCORE_ADJ_NEVER", "Guard", "Rejection"]
 
-
-def _within(path: str | None, roots: tuple[str, ...]) -> str | None:
-    if path is None:
-        return None
-    for root in roots:
-        if root in ("/", path) or path.startswith(root.rstrip("/") + "/"):
-            return root
-    return None
+log = structlog.get_logger("pressured.guard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,50 +47,31 @@ class Guard:
         clock: Clock = time.monotonic,
         pacing: Pacing | None = None,
         deaths: DeathWatch | None = None,
+        proc_root: str = "/proc",
     ) -> None:
         self.settings = settings
         self.self_pid = os.getpid() if self_pid is None else self_pid
         self.self_cgroup = self_cgroup
         self._clock = clock
-        self._names = frozenset(settings.protect_names)
-        self._cmdline = [re.compile(pattern) for pattern in settings.protect_cmdline]
-        self._uids = frozenset(settings.protect_uids)
+        self.protection = Protection(
+            settings, self_pid=self.self_pid, self_cgroup=self_cgroup, proc_root=proc_root
+        )
         self.pacing_state = pacing or Pacing(clock)
         self.deaths = deaths
 
     # -- who ------------------------------------------------------------------------------
     def process_protection(self, record: ProcessRecord) -> str | None:
-        """Why this process must not be killed, or None."""
+        """Why this process must not be killed, or None (see :mod:`pressured.protection`).
+        A victim already sent SIGKILL that has not exited is refused first: killing it again
+        frees nothing."""
         if self.deaths is not None and self.deaths.is_dying(record.pid, record.start_time):
             return "sent SIGKILL already and not exited (undying)"
-        if record.pid == 1:
-            return "PID 1"
-        if record.pid == self.self_pid:
-            return "pressured itself"
-        if record.is_kernel_thread:
-            return "kernel thread"
-        if record.oom_score_adj <= OOM_SCORE_ADJ_NEVER:
-            return "oom_score_adj is -1000"
-        if record.comm in self._names:
-            return f"protected name {record.comm!r}"
-        if record.uid in self._uids:
-            return f"protected uid {record.uid}"
-        for pattern in self._cmdline:
-            if pattern.search(record.cmdline):
-                return f"protected cmdline pattern {pattern.pattern!r}"
-        root = _within(record.cgroup, self.settings.protect_cgroups)
-        if root is not None:
-            return f"in protected cgroup {root}"
-        return None
+        return self.protection.process(record)
 
     def cgroup_protection(self, path: str, snapshot: Snapshot) -> str | None:
-        if path in ("", "/"):
-            return "the root cgroup"
-        if self.self_cgroup is not None and _within(self.self_cgroup, (path,)):
-            return "holds pressured itself"
-        root = _within(path, self.settings.protect_cgroups)
-        if root is not None:
-            return f"protected cgroup {root}"
+        reason = self.protection.cgroup(path)
+        if reason is not None:
+            return reason
         # A group is protected if any member is: cgroup.kill would take it down too.
         record = snapshot.cgroup(path)
         if record is None:
@@ -103,9 +80,49 @@ class Guard:
             if pid in (1, self.self_pid):
                 return f"holds PID {pid}"
             member = snapshot.process(pid)
-            if member is not None and (reason := self.process_protection(member)):
-                return f"member {pid} is protected ({reason})"
+            if member is not None and (why := self.process_protection(member)):
+                return f"member {pid} is protected ({why})"
         return None
+
+    def review(self, snapshot: Snapshot) -> Snapshot:
+        """After the scan (on its thread): give the records the executable identity that the
+        protection pass read (``exe_dev``/``exe_ino``, so later checks need no ``stat``), and
+        say loudly when protection leaves the scope's largest consumer out of the choice: the
+        kill that follows takes someone smaller, and whoever reads the log must see why."""
+        snapshot = self._with_identities(snapshot)
+        largest = max(
+            (p for p in snapshot.processes if not p.is_kernel_thread and p.state != "Z"),
+            key=lambda p: p.memory_bytes,
+            default=None,
+        )
+        if largest is None or largest.pid not in snapshot.protected:
+            return snapshot
+        rule = self.process_protection(largest)
+        if rule is None:
+            return snapshot
+        log.warning(
+            "protection.largest_excluded",
+            scope=snapshot.scope,
+            pid=largest.pid,
+            comm=largest.comm,
+            bytes=largest.memory_bytes,
+            rule=rule,
+            detail="the largest process in scope is protected and will not be chosen",
+        )
+        return snapshot
+
+    def _with_identities(self, snapshot: Snapshot) -> Snapshot:
+        identities = self.protection.take_identities()
+        if not identities:
+            return snapshot
+        records = []
+        for record in snapshot.processes:
+            found = identities.get(record.identity)
+            if record.exe_dev is None and found is not None:
+                records.append(dataclasses.replace(record, exe_dev=found[0], exe_ino=found[1]))
+            else:
+                records.append(record)
+        return dataclasses.replace(snapshot, processes=tuple(records))
 
     def check(self, victim: Victim, snapshot: Snapshot) -> str | None:
         """Why ``victim`` must be rejected, or None when it may be killed."""
@@ -122,7 +139,16 @@ class Guard:
             return f"pid {victim.pid} is not in the snapshot"
         if victim.start_time is not None and victim.start_time != record.start_time:
             return f"pid {victim.pid} start time does not match the snapshot"
-        return self.process_protection(record)
+        reason = self.process_protection(record)
+        if reason is not None:
+            return reason
+        for pid, start_time in victim.family:
+            member = snapshot.process(pid)
+            if member is None or member.start_time != start_time:
+                return f"family member {pid} is not in the snapshot"
+            if (why := self.process_protection(member)) is not None:
+                return f"family member {pid} is protected ({why})"
+        return None
 
     # -- when -----------------------------------------------------------------------------
     def pacing(self) -> str | None:

@@ -27,6 +27,7 @@ from pressured.config import ScopeSettings
 from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
+from pressured.history import RESAMPLE_S, ProcessHistory
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.kernel.memcg_v1 import resolve_memory_source
@@ -127,6 +128,11 @@ class ScopeRunner:
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
+        # The short second sample costs each episode's first decision ~200 ms: only for a
+        # chain that ranks on rates.
+        self.history = ProcessHistory(
+            proc_root=proc_root, resample_s=RESAMPLE_S * chain.wants_history
+        )
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:
@@ -335,7 +341,7 @@ class ScopeRunner:
         recent = self._recent_kills()
 
         def _take() -> Snapshot:
-            return take_snapshot(
+            snapshot = take_snapshot(
                 event,
                 layout=self.layout,
                 proc_root=self.proc_root,
@@ -345,6 +351,9 @@ class ScopeRunner:
                 recent_kills=recent,
                 protection=self.guard.process_protection,
             )
+            # Growth needs history (or a short second sample); then say if protection keeps
+            # the largest consumer out of the choice.
+            return self.guard.review(self.history.complete(snapshot))
 
         return await loop.run_in_executor(self.io, _take)
 

@@ -34,6 +34,8 @@ class CgroupRecord:
     """oomd's ``trusted.oomd_prefer`` (or ``user.oomd_prefer``) extended attribute is set."""
     avoid: bool = False
     """oomd's ``trusted.oomd_avoid`` (or ``user.oomd_avoid``) extended attribute is set."""
+    omit: bool = False
+    """systemd's ``user.oomd_omit`` (ManagedOOMPreference=omit, or ``trusted.``): never kill."""
 
     @property
     def usage_bytes(self) -> int:
@@ -143,6 +145,7 @@ class Snapshot:
 
 _XATTR_PREFER = ("trusted.oomd_prefer", "user.oomd_prefer")
 _XATTR_AVOID = ("trusted.oomd_avoid", "user.oomd_avoid")
+_XATTR_OMIT = ("trusted.oomd_omit", "user.oomd_omit")
 
 
 def read_cgroup_record(
@@ -172,6 +175,7 @@ def read_cgroup_record(
         reclaim_pages=stat.get("pgscan", stat.get("total_pgpgout", 0)),
         prefer=any(name in xattrs for name in _XATTR_PREFER),
         avoid=any(name in xattrs for name in _XATTR_AVOID),
+        omit=any(name in xattrs for name in _XATTR_OMIT),
     )
 
 

@@ -240,7 +240,7 @@ def test_every_policy_disabled_says_so() -> None:
 
 def test_guard_rejection_is_logged_and_next_policy_decides() -> None:
     """A victim the guard refuses is logged; the next policy is asked."""
-    snapshot = make_snapshot(processes=[make_process(10, comm="sshd"), make_process(11)])
+    snapshot = make_snapshot(processes=[make_process(10, comm="sshd", uid=0), make_process(11)])
 
     class KillSshd(BasePolicy[NoOptions]):
         name: ClassVar[str] = "kill_sshd"
@@ -254,7 +254,7 @@ def test_guard_rejection_is_logged_and_next_policy_decides() -> None:
         async def __call__(self, snapshot: Snapshot) -> Decision:
             return Decision.kill(Victim.process(snapshot.candidates[1], "second"))
 
-    guard = Guard(GuardSettings(), self_pid=snapshot.self_pid)
+    guard = Guard(GuardSettings(protect_names=("sshd",)), self_pid=snapshot.self_pid)
     with capture_logs() as logs:
         result = _decide(
             _chain(KillSshd(NoOptions()), KillSecond(NoOptions())), snapshot, guard.check

@@ -26,7 +26,7 @@ def test_defaults_watch_the_system_with_two_levels_and_oom_score() -> None:
     (scope,) = settings.scopes
     assert scope.cgroup is None
     assert [(lv.name, lv.kind) for lv in scope.levels] == [("some", "some"), ("full", "full")]
-    assert [p.name for p in scope.policies] == ["oom_score"]
+    assert [p.name for p in scope.policies] == ["culprit", "oom_score"]
 
 
 def test_precedence_file_then_environment_then_command_line(tmp_path: Path) -> None:

@@ -41,11 +41,11 @@ def guard(clock: FakeClock | None = None, **settings: object) -> Guard:
         (process(SELF), "pressured itself"),
         (process(2, kernel_thread=True), "kernel thread"),
         (process(10, adj=-1000), "oom_score_adj is -1000"),
-        (process(11, comm="sshd"), "protected name"),
+        (process(11, cgroup="/init.scope"), "protected cgroup /init.scope"),
     ],
 )
 def test_always_protected(record: object, expected: str) -> None:
-    """PID 1, ourselves, kernel threads, adj -1000 and default names are never killable."""
+    """PID 1, ourselves, kernel threads, adj -1000 and default cgroups are never killable."""
     from pressured.kernel.procfs import ProcessRecord
 
     assert isinstance(record, ProcessRecord)
@@ -57,7 +57,11 @@ def test_configured_protection_by_uid_cmdline_and_cgroup() -> None:
     """Configured uids, cmdline patterns and cgroup subtrees are protected."""
     g = guard(protect_uids=[33], protect_cmdline=[r"--role=primary"], protect_cgroups=["/db"])
     assert "uid 33" in (g.process_protection(process(20, uid=33)) or "")
-    assert "cmdline" in (g.process_protection(process(21, cmdline="pg --role=primary")) or "")
+    assert "cmdline" in (
+        g.process_protection(process(21, cmdline="pg --role=primary", uid=0)) or ""
+    )
+    # A command line is the process's own choice: alone it protects only root-owned ones.
+    assert g.process_protection(process(25, cmdline="pg --role=primary")) is None
     assert "/db" in (g.process_protection(process(22, cgroup="/db/replica")) or "")
     assert g.process_protection(process(23, cgroup="/dbx")) is None
     assert g.process_protection(process(24)) is None
@@ -77,7 +81,7 @@ def test_victim_must_be_in_snapshot_with_matching_start_time() -> None:
 
 def test_cgroup_holding_the_daemon_or_a_protected_member_is_rejected() -> None:
     """cgroup.kill would take protected members (or us) down: such groups are refused."""
-    member = process(40, comm="sshd", cgroup="/jobs/a")
+    member = process(40, adj=-1000, cgroup="/jobs/a")
     group_a = CgroupRecord(path="/jobs/a", memory=None, pressure=None, pids=(40,))
     group_b = CgroupRecord(path="/jobs/b", memory=None, pressure=None, pids=(41,))
     snap = snapshot(member, process(41, cgroup="/jobs/b"))

@@ -131,3 +131,16 @@ def test_scope_group_itself_is_never_a_candidate() -> None:
     snapshot = make_snapshot(cgroups=[scope, _group("a", 10)], scope="/jobs")
     assert child_cgroups(snapshot)[0].path == "/jobs/a"
     assert_no_action(run_policy(CgroupPressurePolicy, snapshot, require_reclaim=False))
+
+
+def test_group_marked_oomd_omit_is_never_chosen() -> None:
+    """The most pressured group, marked user.oomd_omit, is passed over for the next one."""
+    import dataclasses
+
+    policy = make_policy(CgroupPressurePolicy)
+    omit = dataclasses.replace(_group("a", 95, reclaim=10), omit=True)
+    before = _snap(
+        dataclasses.replace(_group("a", 95, reclaim=0), omit=True), _group("b", 70, reclaim=0)
+    )
+    after = _snap(omit, _group("b", 70, reclaim=10))
+    assert_kills(_twice(policy, before, after), cgroup="/jobs/b")  # type: ignore[arg-type]

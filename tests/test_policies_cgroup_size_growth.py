@@ -126,3 +126,12 @@ def test_size_tie_goes_to_the_path_order() -> None:
     policy = make_policy(CgroupSizeGrowthPolicy, size_threshold_percent=40)
     snapshot = _snapshot(_group("a", 450), _group("b", 450), _group("c", 100))
     assert_kills(run_policy(policy, snapshot), cgroup="/jobs/b")
+
+
+def test_group_marked_oomd_omit_is_never_chosen() -> None:
+    """systemd's ManagedOOMPreference=omit (user.oomd_omit) keeps the biggest group alive."""
+    import dataclasses
+
+    omitted = dataclasses.replace(_group("a", 900), omit=True)
+    snapshot = _snapshot(omitted, _group("b", 100), _group("c", 60))
+    assert_kills(run_policy(CgroupSizeGrowthPolicy, snapshot), cgroup="/jobs/b")

@@ -236,14 +236,16 @@ def test_assert_no_action_fails_on_a_kill() -> None:
 
 def test_run_chain_applies_the_real_guard() -> None:
     """run_chain refuses protected victims as the daemon would."""
-    snapshot = make_snapshot(processes=[make_process(10, comm="dockerd", rss_mib=900)])
+    snapshot = make_snapshot(processes=[make_process(10, rss_mib=900, cgroup="/init.scope")])
     result = run_chain(snapshot, make_policy(LargestPolicy))
     assert_no_action(result.decision)
-    assert "protected name" in result.rejected[0][2]
+    assert "protected cgroup" in result.rejected[0][2]
 
 
 def test_run_chain_with_custom_guard_settings() -> None:
     """run_chain takes GuardSettings to try a protection configuration."""
-    snapshot = make_snapshot(processes=[make_process(10, comm="dockerd", rss_mib=900)])
-    result = run_chain(snapshot, make_policy(LargestPolicy), guard=GuardSettings(protect_names=()))
+    snapshot = make_snapshot(processes=[make_process(10, rss_mib=900, cgroup="/init.scope")])
+    result = run_chain(
+        snapshot, make_policy(LargestPolicy), guard=GuardSettings(protect_cgroups=())
+    )
     assert_kills(result.decision, pid=10)

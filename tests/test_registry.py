@@ -27,6 +27,7 @@ from pressured.policies.registry import (
 from pressured.snapshot import Snapshot
 
 BUILTINS = {
+    "culprit",
     "oom_score",
     "largest",
     "adj_tiers",

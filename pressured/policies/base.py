@@ -125,6 +125,9 @@ class BasePolicy(Generic[OptionsT]):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    wants_history: ClassVar[bool] = False
+    """True for a policy that ranks on growth or fault rates (:attr:`Snapshot.previous`): the
+    scope then takes a short second sample when it has no recent history."""
 
     def __init__(self, options: OptionsT) -> None:
         self.options = options

@@ -82,7 +82,7 @@ class CgroupPressurePolicy(BasePolicy[CgroupPressureOptions]):
         return record.reclaim_pages > before.reclaim_pages or line.total_us > before.total_us
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
-        children = [g for g in child_cgroups(snapshot) if g.pids]
+        children = [g for g in child_cgroups(snapshot) if g.pids and not g.omit]
         measured = [(g, line) for g in children if (line := self.line(g)) is not None]
         eligible = [
             (g, line)

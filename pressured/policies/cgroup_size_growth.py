@@ -106,7 +106,7 @@ class CgroupSizeGrowthPolicy(BasePolicy[CgroupSizeGrowthOptions]):
         self.averages = seen
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
-        children = tuple(g for g in child_cgroups(snapshot) if g.pids)
+        children = tuple(g for g in child_cgroups(snapshot) if g.pids and not g.omit)
         if not children:
             return Decision.no_action("no child cgroup with member processes in scope")
         sized = self._measure(children)

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from pressured import family
 from pressured.config import PolicySettings
 from pressured.events import VictimKind
 from pressured.policies.base import Decision, Policy, Victim
@@ -162,10 +163,16 @@ class PolicyChain:
     """Policies asked in order; the first acceptable answer wins."""
 
     def __init__(
-        self, links: Sequence[ChainLink], *, disable_after: int = DISABLE_AFTER_FAILURES
+        self,
+        links: Sequence[ChainLink],
+        *,
+        disable_after: int = DISABLE_AFTER_FAILURES,
+        family: bool = True,
     ) -> None:
         self.links = list(links)
         self.disable_after = disable_after
+        self.family = family
+        """Expand the chosen process victim to its family (:mod:`pressured.family`)."""
         self._abandoned: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -175,13 +182,20 @@ class PolicyChain:
         field_prefix: str,
         *,
         disable_after: int = DISABLE_AFTER_FAILURES,
+        family: bool = True,
     ) -> PolicyChain:
         """Load every policy now; ConfigError names ``<prefix>.<index>...`` on failure."""
         links = []
         for index, item in enumerate(policies):
             policy, source = instantiate(item.name, item.options, f"{field_prefix}.{index}")
             links.append(ChainLink(policy, source, item.timeout_ms / 1000))
-        return cls(links, disable_after=disable_after)
+        return cls(links, disable_after=disable_after, family=family)
+
+    @property
+    def wants_history(self) -> bool:
+        """Whether a policy here ranks on rates (``wants_history``), so that the first
+        snapshot of an episode is worth a short second sample."""
+        return any(getattr(link.policy, "wants_history", False) for link in self.links)
 
     def stats(self) -> tuple[PolicyStats, ...]:
         """A copy of every link's counters, in chain order."""
@@ -302,6 +316,32 @@ class PolicyChain:
             )
         return accepted
 
+    def _with_family(self, victim: Victim, snapshot: Snapshot, check: VictimCheck | None) -> Victim:
+        """The accepted victim grown to its family where the guard accepts that too; the
+        victim as chosen otherwise (a fault here never costs the kill)."""
+
+        def group_allowed(path: str, snap: Snapshot) -> str | None:
+            if check is None:
+                return None
+            return check(Victim(kind=VictimKind.CGROUP, reason="family", cgroup=path), snap)
+
+        try:
+            expanded = family.expand(victim, snapshot, group_allowed)
+            why = None if expanded is victim or check is None else check(expanded, snapshot)
+        except Exception as exc:
+            log.error("policy.family_failed", victim=victim.describe(), error=repr(exc))
+            return victim
+        if why is not None:
+            log.warning(
+                "policy.family_rejected",
+                scope=snapshot.scope,
+                victim=victim.describe(),
+                family=expanded.describe(),
+                why=why,
+            )
+            return victim
+        return expanded
+
     async def decide(self, snapshot: Snapshot, check: VictimCheck | None = None) -> ChainResult:
         """Ask each enabled policy in order; return the first decision with accepted victims."""
         failures: list[PolicyFailure] = []
@@ -319,6 +359,8 @@ class PolicyChain:
             assert decision is not None  # noqa: S101 - _ask returns one or the other
             reasons.append(f"{link.name}: {decision.reason}")
             accepted = self._screen(link, decision, snapshot, check, rejected)
+            if accepted and self.family:
+                accepted = [self._with_family(victim, snapshot, check) for victim in accepted]
             if accepted:
                 link.wins += 1
                 chosen = Decision(tuple(accepted), decision.reason, decision.ranking, link.name)

@@ -39,6 +39,12 @@ def child_cgroups(snapshot: Snapshot) -> tuple[CgroupRecord, ...]:
     return snapshot.cgroups[1:]
 
 
+def omitted_groups(snapshot: Snapshot) -> tuple[str, ...]:
+    """Paths of the scope's child groups marked ``oomd_omit`` (systemd's
+    ``ManagedOOMPreference=omit``): no policy chooses them or the processes inside."""
+    return tuple(g.path for g in child_cgroups(snapshot) if g.omit)
+
+
 def oomd_tier(record: CgroupRecord, honour_xattrs: bool = True) -> int:
     """oomd's ordering: ``oomd_prefer`` groups first (0), plain ones next (1), ``oomd_avoid``
     last (2). A group marked both counts as plain: the markings cancel."""

@@ -39,6 +39,7 @@ IMPORT_STRING = "import string"
 
 
 BUILTIN_CLASSES: dict[str, str] = {
+    "culprit": "pressured.policies.culprit:CulpritPolicy",
     "oom_score": "pressured.policies.oom_score:OomScorePolicy",
     "largest": "pressured.policies.largest:LargestPolicy",
     "adj_tiers": "pressured.policies.adj_tiers:AdjTiersPolicy",
@@ -65,11 +66,13 @@ def builtin_policies() -> dict[str, type[Any]]:
     from pressured.policies.adj_tiers import AdjTiersPolicy
     from pressured.policies.cgroup_pressure import CgroupPressurePolicy
     from pressured.policies.cgroup_size_growth import CgroupSizeGrowthPolicy
+    from pressured.policies.culprit import CulpritPolicy
     from pressured.policies.largest import LargestPolicy
     from pressured.policies.oom_score import OomScorePolicy
     from pressured.policies.swap_usage import SwapUsagePolicy
 
     classes: list[type[Any]] = [
+        CulpritPolicy,
         OomScorePolicy,
         LargestPolicy,
         AdjTiersPolicy,

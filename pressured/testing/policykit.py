@@ -38,7 +38,7 @@ from pressured.kernel.psi import Pressure, PressureLine
 from pressured.policies.base import Decision, Policy, Victim
 from pressured.policies.chain import ChainLink, ChainResult, PolicyChain, malformed
 from pressured.policies.registry import IMPORT_STRING, PolicySource, check_contract
-from pressured.snapshot import CgroupRecord, RecentKill, Snapshot, SystemMemory
+from pressured.snapshot import CgroupRecord, ProcessSample, RecentKill, Snapshot, SystemMemory
 
 MIB = 2**20
 SELF_PID = 4_000_000
@@ -72,10 +72,14 @@ def make_process(
     start_time: int | None = None,
     state: str = "S",
     kernel_thread: bool = False,
+    pgid: int | None = None,
+    minflt: int = 0,
+    majflt: int = 0,
 ) -> ProcessRecord:
     """One process record. ``oom_score`` defaults to the kernel's formula (see
     :func:`kernel_oom_score`); ``start_time`` defaults to ``pid * 100`` (higher PID = younger);
-    ``cmdline`` defaults to ``comm`` (empty for a kernel thread)."""
+    ``cmdline`` defaults to ``comm`` (empty for a kernel thread); ``pgid`` (and the session)
+    defaults to ``pid``: every process leads its own process group unless told otherwise."""
     memory_mib = rss_mib + swap_mib
     return ProcessRecord(
         pid=pid,
@@ -92,6 +96,10 @@ def make_process(
         oom_score_adj=adj,
         cgroup=cgroup,
         is_kernel_thread=kernel_thread,
+        pgid=pid if pgid is None else pgid,
+        sid=pid if pgid is None else pgid,
+        minflt=minflt,
+        majflt=majflt,
     )
 
 
@@ -207,6 +215,8 @@ def make_snapshot(
     recent_kills: Sequence[RecentKill] = (),
     self_pid: int = SELF_PID,
     at_s: float = 0.0,
+    previous: Iterable[ProcessRecord] = (),
+    previous_at_s: float | None = None,
 ) -> Snapshot:
     """A snapshot as the controller would hand it to the policy chain.
 
@@ -217,7 +227,13 @@ def make_snapshot(
     * Swap: ``swap_free_percent`` alone implies 1 GiB of swap; neither means no swap at all.
     * ``at_s``: the monotonic time the snapshot was taken, for policies that keep history
       across calls (make successive snapshots with growing ``at_s``, no sleeping).
+    * ``previous``: the same processes as an earlier sample saw them (RSS, faults), taken at
+      ``previous_at_s`` (default: 1 s before ``at_s``): growth and fault rates come from them.
     """
+    earlier_ns = int(((at_s - 1.0) if previous_at_s is None else previous_at_s) * 1e9)
+    samples = {
+        p.identity: ProcessSample(p.rss_bytes, p.minflt, p.majflt, earlier_ns) for p in previous
+    }
     procs = tuple(processes)
     groups = list(cgroups)
     if groups:
@@ -250,6 +266,7 @@ def make_snapshot(
         recent_kills=tuple(recent_kills),
         self_pid=self_pid,
         taken_monotonic_ns=int(at_s * 1e9),
+        previous=samples,
     )
 
 

@@ -67,7 +67,9 @@ def test_names_are_required() -> None:
 
 def test_guard_protection_wins_over_the_policy() -> None:
     """Behind the real guard, a protected name is refused even when listed."""
-    snapshot = make_snapshot(processes=[make_process(10, comm="sshd", rss_mib=900)])
+    snapshot = make_snapshot(
+        processes=[make_process(10, comm="sshd", rss_mib=900, cgroup="/system.slice/ssh.service")]
+    )
     result = run_chain(snapshot, KillByNamePolicy(KillByNameOptions(names=("sshd",))))
     assert_no_action(result.decision)
     assert result.rejected

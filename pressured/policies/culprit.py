@@ -1,0 +1,210 @@
+"""``culprit``: the family taking memory *now* dies, not the one that is merely large.
+
+Candidates are grouped into **families**: a process with its descendants in the same process
+group (:mod:`pressured.family`), so a parent with eight forked workers is judged, and killed,
+as one. For each family, over the interval since the previous sample of its processes
+(:attr:`Snapshot.previous`, kept by :mod:`pressured.history`, or a 200 ms second sample at the
+start of an episode)::
+
+    faults  = (minor + major faults of its members) * page size / interval   # pages it touched
+    growth  = (sum of members' RSS now - then) / interval                     # memory it took
+    demand  = max(faults, growth)                                             # bytes per second
+
+The family with the highest ``demand`` dies, provided it reaches ``min_demand_mib_per_s``
+(1 MiB/s: a quiet process faults nothing, a page-cache thrasher tens of MiB/s, a grower at
+least its growth). When no family demands that much (no history, or a slow leak), the
+**largest** family (RSS + swap) dies. Ties: the larger family, then the younger root, then the
+higher PID. ``oom_score_adj`` plays no part beyond -1000 (never), and neither do names: a
+process can raise its adj and choose its name; what it faults and grows it cannot hide.
+
+Members whose cgroup is marked ``oomd_omit`` (systemd's ``ManagedOOMPreference=omit``) are
+never ranked. The ranking carries each family's figures (demand, faults, growth, majflt rate,
+size, members, and its child group's pressure where known), so the kill record shows why the
+winner beat the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import Field
+
+from pressured.family import family_roots
+from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord
+from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
+from pressured.policies.common import MIB, killable, mib, omitted_groups, ranking_of
+from pressured.policies.patterns import ProcessPattern, any_match
+from pressured.protection import within
+from pressured.snapshot import ProcessSample, Snapshot
+
+
+class CulpritOptions(PolicyOptions):
+    min_demand_mib_per_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A family must fault or grow at least this fast (MiB/s) to be chosen as "
+        "the culprit; below it, the largest family dies.",
+    )
+    families: bool = Field(
+        default=True,
+        description="Rank a process together with its descendants in its process group "
+        "(set false, with kill.family = false, to judge and kill single processes).",
+    )
+    ignore: tuple[ProcessPattern, ...] = Field(
+        default=(), description="Patterns whose matches are never chosen by this policy."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyFigures:
+    root: ProcessRecord
+    members: tuple[ProcessRecord, ...]
+    size_bytes: int
+    fault_bytes_per_s: float
+    growth_bytes_per_s: float
+    majflt_per_s: float
+    interval_s: float | None
+    """None when no member had an earlier sample: rates unknown."""
+    group_some_avg10: float | None = None
+
+    @property
+    def demand_bytes_per_s(self) -> float:
+        return max(self.fault_bytes_per_s, self.growth_bytes_per_s)
+
+    def label(self) -> str:
+        extra = f" +{len(self.members) - 1}" if len(self.members) > 1 else ""
+        return f"{self.root.pid} {self.root.comm}{extra}"
+
+    def evidence(self) -> str:
+        size = f"size {mib(self.size_bytes):.1f} MiB"
+        if self.interval_s is None:
+            rates = "no earlier sample"
+        else:
+            rates = (
+                f"demand {mib(self.demand_bytes_per_s):.1f} MiB/s (faults "
+                f"{mib(self.fault_bytes_per_s):.1f} MiB/s, growth "
+                f"{mib(self.growth_bytes_per_s):+.1f} MiB/s, majflt {self.majflt_per_s:.0f}/s "
+                f"over {self.interval_s:.2f} s)"
+            )
+        group = (
+            f", group some avg10 {self.group_some_avg10:.1f}"
+            if self.group_some_avg10 is not None
+            else ""
+        )
+        return f"{rates}, {size}, {len(self.members)} process(es){group}"
+
+
+def measure(
+    members: tuple[ProcessRecord, ...],
+    previous: Mapping[tuple[int, int], ProcessSample],
+    now_ns: int,
+) -> tuple[float, float, float, float | None]:
+    """(fault bytes/s, growth bytes/s, majflt/s, interval s) over the members with samples."""
+    faults = growth = majflt = 0
+    oldest_ns: int | None = None
+    sampled = 0
+    for member in members:
+        before = previous.get(member.identity)
+        if before is None:
+            continue
+        sampled += 1
+        faults += max(0, member.minflt - before.minflt) + max(0, member.majflt - before.majflt)
+        majflt += max(0, member.majflt - before.majflt)
+        growth += member.rss_bytes - before.rss_bytes
+        oldest_ns = (
+            before.monotonic_ns if oldest_ns is None else min(oldest_ns, before.monotonic_ns)
+        )
+    if not sampled or oldest_ns is None or now_ns <= oldest_ns:
+        return 0.0, 0.0, 0.0, None
+    interval = (now_ns - oldest_ns) / 1e9
+    return faults * PAGE_SIZE / interval, growth / interval, majflt / interval, interval
+
+
+class CulpritPolicy(BasePolicy[CulpritOptions]):
+    """Kill the family faulting or growing fastest; failing that, the largest family."""
+
+    name: ClassVar[str] = "culprit"
+    Options = CulpritOptions
+    wants_history: ClassVar[bool] = True
+
+    def rank(self, snapshot: Snapshot) -> list[FamilyFigures]:
+        """Every family with its figures, best victim first."""
+        omitted = omitted_groups(snapshot)
+        eligible = [
+            p
+            for p in snapshot.candidates
+            if killable(p)
+            and not any_match(self.options.ignore, p)
+            and within(p.cgroup, omitted) is None
+        ]
+        if self.options.families:
+            families = [(root, (root, *rest)) for root, rest in family_roots(eligible)]
+        else:
+            families = [(p, (p,)) for p in eligible]
+        pressure = {
+            g.path: g.pressure.some.avg10 for g in snapshot.cgroups[1:] if g.pressure is not None
+        }
+        figures = []
+        for root, members in families:
+            faults, growth, majflt, interval = measure(
+                members, snapshot.previous, snapshot.taken_monotonic_ns
+            )
+            group = next(
+                (avg for path, avg in pressure.items() if within(root.cgroup, (path,))), None
+            )
+            figures.append(
+                FamilyFigures(
+                    root=root,
+                    members=members,
+                    size_bytes=sum(m.memory_bytes for m in members),
+                    fault_bytes_per_s=faults,
+                    growth_bytes_per_s=growth,
+                    majflt_per_s=majflt,
+                    interval_s=interval,
+                    group_some_avg10=group,
+                )
+            )
+        floor = self.options.min_demand_mib_per_s * MIB
+
+        def key(f: FamilyFigures) -> tuple[int, float, int, int, int]:
+            culprit = int(f.interval_s is not None and f.demand_bytes_per_s >= floor)
+            demand = f.demand_bytes_per_s if culprit else 0.0
+            return (culprit, demand, f.size_bytes, f.root.start_time, f.root.pid)
+
+        return sorted(figures, key=key, reverse=True)
+
+    async def __call__(self, snapshot: Snapshot) -> Decision:
+        ranked = self.rank(snapshot)
+        if not ranked:
+            return Decision.no_action("no killable process in scope")
+        top = ranked[0]
+        floor = self.options.min_demand_mib_per_s * MIB
+        if top.interval_s is not None and top.demand_bytes_per_s >= floor:
+            rule = "demand"
+            why = (
+                f"culprit: faulting/growing {mib(top.demand_bytes_per_s):.1f} MiB/s, the most "
+                f"in scope ({top.root.comm}, {len(top.members)} process(es), "
+                f"{mib(top.size_bytes):.0f} MiB)"
+            )
+        else:
+            rule = "size"
+            why = (
+                f"largest family {mib(top.size_bytes):.0f} MiB ({top.root.comm}, "
+                f"{len(top.members)} process(es)); nobody faults or grows "
+                f">= {self.options.min_demand_mib_per_s:g} MiB/s"
+            )
+        victim = Victim.process(
+            top.root,
+            why,
+            rule=rule,
+            demand_bytes_per_s=round(top.demand_bytes_per_s),
+            fault_bytes_per_s=round(top.fault_bytes_per_s),
+            growth_bytes_per_s=round(top.growth_bytes_per_s),
+            majflt_per_s=round(top.majflt_per_s, 1),
+            interval_s=round(top.interval_s, 3) if top.interval_s is not None else -1.0,
+            size_bytes=top.size_bytes,
+            members=len(top.members),
+        )
+        return Decision.kill(victim, ranking=ranking_of((f.label(), f.evidence()) for f in ranked))
