@@ -38,12 +38,26 @@ _UNSET_EXAMPLES: dict[str, Any] = {
     "journal.path": "/var/lib/pressured/kills.jsonl",
     "hooks.pre_kill[].url": "http://127.0.0.1:8080/pressured/pre-kill",
     "hooks.post_kill[].command": ["/usr/local/libexec/pressured-notify"],
+    "guard.protect[].cmdline": "^postgres: ",
+    "guard.protect[].uid": 999,
+    "guard.protect[].cgroup": "/system.slice/postgresql.service",
 }
 # Hook lists are empty by default; one entry each shows their keys.
 _EXAMPLE_HOOKS = {
     "pre_kill": [{"command": ["/bin/true"], "timeout_ms": 200.0}],
     "post_kill": [{"url": "http://127.0.0.1:8080/pressured/kill", "timeout_ms": 2000.0}],
 }
+# A protection rule is a list of tables with nothing in it by default: one example shows its
+# keys (a name only counts beside what the process cannot forge: here its executable).
+_EXAMPLE_PROTECT_RULES = [
+    {
+        "name": "postgres",
+        "cmdline": None,
+        "exe": "/usr/lib/postgresql/15/bin/postgres",
+        "uid": None,
+        "cgroup": None,
+    }
+]
 
 # Units follow from the key's suffix; every duration and share in the tree is named this way.
 _UNITS = (
@@ -286,11 +300,13 @@ def render_full_toml() -> str:
     """examples/pressured.full.toml: every key, at its default, with its description."""
     data = Settings().model_dump(mode="json")
     data["hooks"] = _EXAMPLE_HOOKS
+    data["guard"]["protect"] = _EXAMPLE_PROTECT_RULES
     lines = [
         "# Every configuration key, at its default, with its description. Generated from",
         "# pressured/config.py by `python -m pressured.cli.reference`; the reference is",
         "# docs/configuration.md. Keys unset by default are shown commented out.",
-        "# The two hooks at the end are examples (hooks are off by default): remove them.",
+        "# The two hooks at the end and the [[guard.protect]] rule are examples (both are",
+        "# empty by default): remove them.",
         "#",
         "#   pressured check -c examples/pressured.full.toml",
     ]
