@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -32,7 +33,10 @@ from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
-from pressured.snapshot import RecentKill, Snapshot, take_snapshot
+from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.plan import plan_for
+from pressured.scan.stages import StageClock
+from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
 
 if TYPE_CHECKING:
     from pressured.ops.metrics import Metrics
@@ -123,6 +127,13 @@ class ScopeRunner:
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
+        # The scan's state for /healthz (when the running scan began) and its command-line
+        # reader: a disposable thread, so a process stuck in a fault cannot hold the I/O pool.
+        self.scan_progress = ScanProgress()
+        self.cmdlines = CmdlineReader(proc_root=proc_root)
+        self.scan_deadline_s = 2.0
+        self.scan_clock: Callable[[], float] = time.monotonic  # a seam for deadline tests
+        self._dequeued_ns: int | None = None
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:
@@ -208,6 +219,7 @@ class ScopeRunner:
         try:
             while True:
                 event = await self.queue.get()
+                self._dequeued_ns = time.monotonic_ns()
                 self._episode += 1
                 await self._episode_loop(event)
         finally:
@@ -280,7 +292,10 @@ class ScopeRunner:
         window_s = self.episode_window_s
         interval = self.settings.recheck_interval_ms / 1000
         ends = time.monotonic() + window_s
-        baseline = await self._refaults()
+        # No refault reading before the first decision: it is taken right after handle(), and
+        # under thrashing a memory.stat read can wait behind the I/O pool (kill records showed
+        # the event waiting here before any scan began).
+        baseline: tuple[int, float] | None = None
         while True:
             if event is not None:
                 ends = time.monotonic() + window_s
@@ -326,6 +341,7 @@ class ScopeRunner:
         cgroup_path = self.settings.cgroup
         memcg = self.group.memcg_v1_path if self.group else None
         recent = self._recent_kills()
+        plan = plan_for(link.policy for link in self.chain.links)
 
         def _take() -> Snapshot:
             return take_snapshot(
@@ -337,6 +353,11 @@ class ScopeRunner:
                 read_scope_pressure=False,
                 recent_kills=recent,
                 protection=self.guard.process_protection,
+                deadline_s=self.scan_deadline_s,
+                clock=self.scan_clock,
+                plan=plan,
+                cmdlines=self.cmdlines,
+                progress=self.scan_progress,
             )
 
         return await loop.run_in_executor(self.io, _take)
@@ -345,16 +366,26 @@ class ScopeRunner:
         """Decide and act on one event. Never raises for a policy's or a victim's fault."""
         self.stats.events += 1
         self.stats.last_event_wall = event.wall_time
+        stages = StageClock(event.monotonic_ns)
+        if self._dequeued_ns is not None and self._dequeued_ns >= event.monotonic_ns:
+            stages.mark("dequeued", self._dequeued_ns)
+        stages.mark("handling")
         pacing = self.guard.pacing() or self._stale(event)
         await self._emit_event(event, pacing)
+        stages.mark("emitted")
         if pacing is not None:
             self.stats.deferred += 1
             return None
         snapshot = await self.take_snapshot(event)
+        stages.mark("snapshot")
+        if snapshot.scan_started_monotonic_ns:
+            stages.mark("scan_start", snapshot.scan_started_monotonic_ns)
+            stages.mark("scan_end", snapshot.scan_started_monotonic_ns + snapshot.scan_duration_ns)
         for problem in snapshot.problems:
             log.warning("scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem)
         result = await self.chain.decide(snapshot, self.guard.check)
         decided_ns = time.monotonic_ns()
+        stages.mark("decided", decided_ns)
         self._last_result = result
         self.stats.decisions += 1
         decision = result.decision
@@ -375,6 +406,10 @@ class ScopeRunner:
                 source=str(event.source),
                 reason=decision.reason,
                 candidates=len(snapshot.candidates),
+                scan_complete=snapshot.complete,
+                scan_read=snapshot.read_processes,
+                scan_expected=snapshot.expected_processes,
+                stages_ms=stages.ms(),
             )
             return None
         victim = decision.victims[0]
@@ -402,6 +437,13 @@ class ScopeRunner:
             return None
         finally:
             self.guard.kill_finished()
+        record = dataclasses.replace(
+            record,
+            scan_complete=snapshot.complete,
+            scan_read=snapshot.read_processes,
+            scan_expected=snapshot.expected_processes,
+            stages_ms=stages.ms(),
+        )
         self.stats.kills += 1
         if record.result is KillResult.KILLED:
             self._last_kill_done_ns = time.monotonic_ns()

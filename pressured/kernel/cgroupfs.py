@@ -258,12 +258,23 @@ class Cgroup:
         """PIDs in this group and every descendant."""
         return list(self.member_paths())
 
-    def member_paths(self) -> dict[int, str]:
+    def member_paths(self, errors: list[tuple[str, OSError]] | None = None) -> dict[int, str]:
         """PID -> cgroup v2 path for this group and every descendant, from one walk: exact and
-        fresh, and it spares a scan reading ``/proc/<pid>/cgroup`` for each process."""
+        fresh, and it spares a scan reading ``/proc/<pid>/cgroup`` for each process.
+
+        With ``errors`` given, a group whose ``cgroup.procs`` cannot be read (EOPNOTSUPP in a
+        threaded group, whose processes its threaded domain lists; EACCES) is recorded there
+        as ``(path, error)`` and the walk goes on; without it the error is raised."""
         members: dict[int, str] = {}
         base = self.directory
-        for dirpath, _dirnames, filenames in os.walk(base):
+
+        def walk_error(exc: OSError) -> None:
+            if errors is None:
+                raise exc
+            if not isinstance(exc, FileNotFoundError):
+                errors.append((str(exc.filename), exc))
+
+        for dirpath, _dirnames, filenames in os.walk(base, onerror=walk_error):
             if "cgroup.procs" not in filenames:
                 continue
             relative = os.path.relpath(dirpath, base)
@@ -272,6 +283,11 @@ class Cgroup:
                 pids = _parse_pids(_read_text(Path(dirpath) / "cgroup.procs"), dirpath)
             except FileNotFoundError:
                 continue  # a child removed mid-walk
+            except OSError as exc:
+                if errors is None:
+                    raise
+                errors.append((path, exc))
+                continue
             members.update(dict.fromkeys(pids, path))
         return members
 
