@@ -380,6 +380,9 @@ class ScopeRunner:
         stages.mark("snapshot")
         if snapshot.scan_started_monotonic_ns:
             stages.mark("scan_start", snapshot.scan_started_monotonic_ns)
+            stages.mark(
+                "cgroups_read", snapshot.scan_started_monotonic_ns + snapshot.cgroups_read_ns
+            )
             stages.mark("scan_end", snapshot.scan_started_monotonic_ns + snapshot.scan_duration_ns)
         for problem in snapshot.problems:
             log.warning("scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem)

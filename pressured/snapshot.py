@@ -126,6 +126,9 @@ class Snapshot:
     scan_started_monotonic_ns: int = 0
     """When the scan began on its worker thread: the hop to that thread is the time between
     the event's decision to scan and this."""
+    cgroups_read_ns: int = 0
+    """Of ``scan_duration_ns``, the part spent before any process was read: meminfo, the
+    member walk and the cgroup records (memory.stat and friends)."""
     protected: frozenset[int] = frozenset()
     """PIDs the guard will refuse (PID 1, us, kernel threads, adj -1000, configured
     protection). Left out of :attr:`candidates` so policies rank only what may die; the guard
@@ -292,6 +295,7 @@ def take_snapshot(
             pids = []
     else:
         pids = list(members)
+    cgroups_read_ns = time.perf_counter_ns() - started
     self_pid = os.getpid()
     swap_in_use = memory.swap_total_bytes - memory.swap_free_bytes if memory else 0
 
@@ -329,6 +333,7 @@ def take_snapshot(
         skimmed=scan.skimmed,
         full_scan=plan is None,
         scan_started_monotonic_ns=started_mono,
+        cgroups_read_ns=cgroups_read_ns,
     )
     _log_shortfalls(snapshot)
     if progress is not None:

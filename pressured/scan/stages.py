@@ -14,6 +14,7 @@ STAGES = (
     "handling",  # handle() began (after any episode bookkeeping)
     "emitted",  # event sinks done (log line, subscribers)
     "scan_start",  # the scan began on its worker thread
+    "cgroups_read",  # meminfo, member walk and cgroup records done; processes next
     "scan_end",
     "snapshot",  # the snapshot was back on the loop
     "decided",  # the policy chain and guard were done
