@@ -91,10 +91,13 @@ def policies() -> list[tuple[str, BasePolicy[Any]]]:
 
 
 def choice(decision: Decision) -> tuple[object, ...]:
+    """The victim exactly, and the ranking evidence's scores (which of several processes
+    tied with its last entry it names is not part of the promise)."""
     victim = decision.victims[0] if decision.victims else None
     return (
         None if victim is None else (victim.kind, victim.pid, victim.start_time, victim.cgroup),
-        decision.ranking,
+        decision.ranking[:1],
+        [score for _label, score in decision.ranking],
         decision.reason if victim is None else None,
     )
 
@@ -176,8 +179,10 @@ def write_process(root: Path, pid: int, rng: random.Random, swap_pool: int) -> i
     (base / "status").write_text(
         f"Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nVmSwap:\t{swap_kib} kB\n"
     )
-    badness = rss_pages + swap_kib // 4 + adj * 10
-    (base / "oom_score").write_text(f"{0 if adj == -1000 else max(0, badness)}\n")
+    # The kernel's scale (proc_oom_score): size as a share of memory, plus adj, into 0..2000.
+    points = (rss_pages + swap_kib // 4) * 1000 // 60_000 + adj
+    badness = max(0, (1000 + points) * 2 // 3)
+    (base / "oom_score").write_text(f"{0 if adj == -1000 else badness}\n")
     (base / "oom_score_adj").write_text(f"{adj}\n")
     (base / "cmdline").write_bytes(f"/usr/bin/{comm}\0--id={pid}\0".encode())
     (base / "cgroup").write_text(f"0::/work/{comm}\n")

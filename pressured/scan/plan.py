@@ -6,7 +6,9 @@ criterion as a number computed from a full :class:`~pressured.kernel.procfs.Proc
 by one number the scan can read cheaply for *every* process (``bound``). The scan then reads
 full records in descending bound order and stops once ``top`` eligible records are in hand
 whose scores beat every bound left unread: whatever those policies do with the records they
-get, their first ``top`` places (victim and ranking evidence) are the ones a full scan gives.
+get, their victim is the one a full scan gives (ties at the top are all read, for the policy's
+tie-breaks), and their ranking evidence carries the same scores (where several processes tie
+with its last entry, which of them it names may differ).
 
 A policy without ``scan_key`` (or returning None) gets a full scan: the safe default for
 plugins. ``NO_PROCESSES`` says a policy looks at cgroup records only.

@@ -140,9 +140,18 @@ def scan_two_phase(
     for key in keys:
         order = sorted(_bounds(key, skims, pids, swap_in_use), reverse=True)
         best: list[int] = []  # min-heap of the top eligible scores so far
+        highest: float = -_INFINITY
         for position, (bound, pid) in enumerate(order):
-            if bound < key.floor or (len(best) >= top and bound < best[0]):
-                break  # nothing unread can enter this key's top any more
+            if bound < key.floor:
+                break  # nothing unread can even be eligible
+            # Read on while something unread may still be the victim (ties at the top
+            # included: the policy's tie-breaks need their records) or may outscore the
+            # ranking's last entry. Ties with that last entry are not read: the evidence's
+            # scores are exact, which of several equal processes it names may differ.
+            victim_open = not best or bound >= highest
+            ranking_open = len(best) < top or bound > best[0]
+            if not victim_open and not ranking_open:
+                break
             # Past the deadline, stop, but only after the first record: a late scan still
             # hands the policy its most likely answer.
             if position and deadline is not None and clock() > deadline:
@@ -151,7 +160,9 @@ def scan_two_phase(
             record = reader.get(pid)
             if record is None or not candidate(record) or not key.eligible(record):
                 continue
-            heapq.heappush(best, key.score(record))
+            score = key.score(record)
+            highest = max(highest, score)
+            heapq.heappush(best, score)
             if len(best) > top:
                 heapq.heappop(best)
     problems.extend(reader.problems)
