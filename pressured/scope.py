@@ -34,6 +34,7 @@ from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import plan_for
 from pressured.scan.stages import StageClock
 from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
@@ -131,6 +132,7 @@ class ScopeRunner:
         # reader: a disposable thread, so a process stuck in a fault cannot hold the I/O pool.
         self.scan_progress = ScanProgress()
         self.cmdlines = CmdlineReader(proc_root=proc_root)
+        self.kept_skims = KeptSkims(proc_root)  # skim files kept open between events
         self.scan_deadline_s = 2.0
         self.scan_clock: Callable[[], float] = time.monotonic  # a seam for deadline tests
         self._dequeued_ns: int | None = None
@@ -358,6 +360,7 @@ class ScopeRunner:
                 plan=plan,
                 cmdlines=self.cmdlines,
                 progress=self.scan_progress,
+                kept=self.kept_skims,
             )
 
         return await loop.run_in_executor(self.io, _take)

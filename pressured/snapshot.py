@@ -21,7 +21,9 @@ from pressured.kernel.cgroupfs import Cgroup, CgroupLayout, MemoryFigures
 from pressured.kernel.procfs import ProcessRecord, ScanProblem
 from pressured.kernel.psi import Pressure
 from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import ScanPlan
+from pressured.scan.skim import skim as fresh_skim
 from pressured.scan.twophase import scan_two_phase
 
 log = structlog.get_logger("pressured.snapshot")
@@ -257,6 +259,7 @@ def take_snapshot(
     cmdlines: CmdlineReader | None = None,
     progress: ScanProgress | None = None,
     clock: Callable[[], float] = time.monotonic,
+    kept: KeptSkims | None = None,
 ) -> Snapshot:
     """Scan the scope in one synchronous call (run it on a worker thread). Never raises for
     what it reads: every OSError of procfs or cgroupfs becomes a :class:`ScanProblem`.
@@ -268,7 +271,8 @@ def take_snapshot(
     ``plan`` (see :func:`pressured.scan.plan.plan_for`) lets the scan read full records only
     for the finalists of the chain's policies; without it every record is read, largest
     first. ``cmdlines`` reads command lines off this thread with a time limit (without it
-    they are read inline, as a one-off tool may). Past ``deadline_s`` the snapshot holds
+    they are read inline, as a one-off tool may). ``kept`` keeps the skim's files open
+    between scans (:mod:`pressured.scan.kept`). Past ``deadline_s`` the snapshot holds
     what was read (``complete`` False) and policies still rank it.
     """
     if progress is not None:
@@ -313,6 +317,7 @@ def take_snapshot(
         deadline=deadline,
         cmdlines=cmdlines,
         clock=clock,
+        skim=fresh_skim if kept is None else kept.skim,
     )
     protected = frozenset(
         p.pid for p in scan.processes if protection is not None and protection(p) is not None

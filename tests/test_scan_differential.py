@@ -28,6 +28,7 @@ from pressured.policies.largest import LargestOptions, LargestPolicy
 from pressured.policies.oom_score import OomScoreOptions, OomScorePolicy
 from pressured.policies.swap_usage import SwapUsageOptions, SwapUsagePolicy
 from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import plan_for
 from pressured.snapshot import Snapshot, take_snapshot
 from pressured.testing.scratch import ScratchGroup
@@ -203,10 +204,11 @@ def generated_tree(root: Path, seed: int, processes: int) -> None:
     )
 
 
+@pytest.mark.parametrize("kept", [False, True], ids=["fresh-opens", "kept-fds"])
 @pytest.mark.parametrize("native", [False, True], ids=["python-skim", "native-skim"])
 @pytest.mark.parametrize("seed", range(12))
 def test_fast_scan_chooses_the_full_scans_victim_on_generated_trees(
-    tmp_path: Path, seed: int, native: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, seed: int, native: bool, kept: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Random trees of 300 processes: every built-in policy decides the same both ways."""
     from pressured.scan import skim
@@ -217,6 +219,7 @@ def test_fast_scan_chooses_the_full_scans_victim_on_generated_trees(
     generated_tree(tmp_path, seed, 300)
     full = take_snapshot(EVENT, layout=None, proc_root=str(tmp_path))
     assert len(full.processes) == 300
+    skims = KeptSkims(str(tmp_path)) if kept else None
     for label, policy in policies():
         fast = take_snapshot(
             EVENT,
@@ -224,8 +227,11 @@ def test_fast_scan_chooses_the_full_scans_victim_on_generated_trees(
             proc_root=str(tmp_path),
             plan=plan_for([policy]),
             cmdlines=CmdlineReader(proc_root=str(tmp_path)),
+            kept=skims,
         )
         assert choice(decide(policy, fast)) == choice(decide(policy, full)), label
+    if skims is not None:
+        skims.close()
 
 
 def test_chain_plan_serves_every_policy_of_the_chain(tmp_path: Path) -> None:

@@ -144,8 +144,90 @@ out:
     return result;
 }
 
+/*
+ * pread_many(fds, which, page_size, deadline_ns) -> (values, failed, complete): the same
+ * parse over fds kept open between scans (pread at offset 0 regenerates the file). values a
+ * list of (index, value), failed a list of (index, errno) with errno 0 for malformed.
+ */
+static PyObject *pread_many(PyObject *self, PyObject *args) {
+    PyObject *fds_obj;
+    int which;
+    long long page_size, deadline_ns;
+    if (!PyArg_ParseTuple(args, "OiLL", &fds_obj, &which, &page_size, &deadline_ns)) return NULL;
+    PyObject *seq = PySequence_Fast(fds_obj, "fds must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int *fds = PyMem_RawMalloc(sizeof(int) * (n ? n : 1));
+    long long *values = PyMem_RawMalloc(sizeof(long long) * (n ? n : 1));
+    int *errnos = PyMem_RawMalloc(sizeof(int) * (n ? n : 1));
+    if (!fds || !values || !errnos) {
+        PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (fds[i] == -1 && PyErr_Occurred()) {
+            PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    Py_ssize_t done = 0;
+    int complete = 1;
+    Py_BEGIN_ALLOW_THREADS
+    char buf[129];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (deadline_ns >= 0 && i && i % SKIM_MINIMUM == 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((long long)now.tv_sec * 1000000000LL + now.tv_nsec > deadline_ns) {
+                complete = 0;
+                break;
+            }
+        }
+        done = i + 1;
+        errnos[i] = 0;
+        ssize_t got = pread(fds[i], buf, 128, 0);
+        if (got < 0) {
+            errnos[i] = errno ? errno : EIO;
+            continue;
+        }
+        buf[got] = '\0';
+        const char *p = buf;
+        long long number = 0;
+        int ok = parse_number(&p, &number);
+        if (ok && which == 0) ok = parse_number(&p, &number);
+        if (!ok) {
+            errnos[i] = -1;
+            continue;
+        }
+        values[i] = which == 0 ? number * page_size : number;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *ok_list = PyList_New(0), *failed = PyList_New(0), *result = NULL;
+    if (!ok_list || !failed) goto out;
+    for (Py_ssize_t i = 0; i < done; i++) {
+        PyObject *item = errnos[i] == 0 ? Py_BuildValue("(nL)", i, values[i])
+                                        : Py_BuildValue("(ni)", i, errnos[i] < 0 ? 0 : errnos[i]);
+        if (!item || PyList_Append(errnos[i] == 0 ? ok_list : failed, item) < 0) {
+            Py_XDECREF(item);
+            goto out;
+        }
+        Py_DECREF(item);
+    }
+    result = Py_BuildValue("(OOi)", ok_list, failed, complete);
+out:
+    Py_XDECREF(ok_list);
+    Py_XDECREF(failed);
+    PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"skim", skim, METH_VARARGS, "Read one number per PID from statm or oom_score."},
+    {"pread_many", pread_many, METH_VARARGS, "The same numbers from fds kept open."},
     {NULL, NULL, 0, NULL},
 };
 

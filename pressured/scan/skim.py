@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pressured.kernel import procfs
 from pressured.kernel.procfs import ScanProblem, SkimResult
@@ -25,6 +26,11 @@ except ImportError:  # no compiler at install time, or PRESSURED_NO_NATIVE: pure
 NATIVE_AVAILABLE = _skim is not None and os.environ.get("PRESSURED_NO_NATIVE") != "1"
 
 _WHICH = {"statm": 0, "oom_score": 1}
+
+
+def native_module() -> Any:
+    """The native extension module, or None where it is not built."""
+    return _skim
 
 
 def skim_native(
