@@ -34,7 +34,7 @@ from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
-from pressured.scan.kept import KeptSkims
+from pressured.scan.kept import KeptSkims, prewarm_scope
 from pressured.scan.plan import plan_for
 from pressured.scan.stages import StageClock
 from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
@@ -218,6 +218,13 @@ class ScopeRunner:
         # every starvation_check_s, is skipped.
         if self.settings.starvation_check_s and self.triggers is not None and not self.privileged:
             tasks.append(asyncio.create_task(self.watch_starvation(), name=f"starve:{self.name}"))
+        # Triggers are armed: open the scan's skim files now, once, so the first event only
+        # pays for processes started since (pressured.scan.kept). Never raises.
+        plan = plan_for(link.policy for link in self.chain.links)
+        files = plan.skim_files if plan is not None else ("statm",)
+        await asyncio.get_running_loop().run_in_executor(
+            self.io, prewarm_scope, self.kept_skims, files, self.group, self.proc_root
+        )
         try:
             while True:
                 event = await self.queue.get()

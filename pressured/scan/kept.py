@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from pressured.errors import ParseError
 from pressured.kernel import procfs
+from pressured.kernel.cgroupfs import Cgroup
 from pressured.kernel.procfs import ScanProblem, SkimResult
 from pressured.scan import skim as skim_module
 
@@ -181,3 +182,30 @@ class KeptSkims:
     def close(self) -> None:
         for kept in self._by_name.values():
             kept.close()
+
+
+def prewarm(
+    kept: KeptSkims, names: Sequence[str], pids: Sequence[int], proc_root: str = "/proc"
+) -> int:
+    """Open the skim files of ``pids`` now (once, at start-up, after the triggers are armed),
+    so the first event pays only for processes started since. Returns the fds kept."""
+    for name in names:
+        kept.skim(proc_root, pids, name)
+    return kept.open_fds
+
+
+def prewarm_scope(
+    kept: KeptSkims,
+    files: Sequence[str],
+    cgroup: Cgroup | None,
+    proc_root: str = "/proc",
+) -> int:
+    """:func:`prewarm` for a scope's current members (a cgroup's, or every process). Never
+    raises: a failed warm-up only leaves the first event to open the files itself."""
+    if not files:
+        return 0
+    try:
+        pids = list(cgroup.member_paths(errors=[])) if cgroup else procfs.list_pids(proc_root)
+        return prewarm(kept, files, pids, proc_root)
+    except OSError:
+        return kept.open_fds

@@ -74,6 +74,12 @@ class ScanPlan:
     def reads_processes(self) -> bool:
         return bool(self.keys)
 
+    @property
+    def skim_files(self) -> tuple[str, ...]:
+        """The procfs files the first phase reads for every process."""
+        files = {Bound.OOM_SCORE: "oom_score", Bound.MEMORY: "statm"}
+        return tuple(sorted({files[k.bound] for k in self.keys if k.bound in files}))
+
 
 def need_of(policy: object) -> PolicyNeed:
     """A policy's :class:`RankKey`, ``NO_PROCESSES``, or None (wants a full scan)."""
