@@ -76,6 +76,23 @@ def test_stuck_threads_are_bounded(hang: Hang) -> None:
     assert reader.read_many([(104, 1)]) == {(104, 1): ("cmd-104", False)}
 
 
+def test_a_process_stuck_once_is_not_read_again_while_its_read_hangs(hang: Hang) -> None:
+    """Each event must not spend one more thread on the same hung process."""
+    reader = CmdlineReader(read=hang, timeout_s=0.02, max_stuck=4)
+    for _ in range(5):
+        assert reader.read_many([(101, 1), (100, 1)]) == {
+            (101, 1): None,
+            (100, 1): ("cmd-100", False),
+        }
+    assert hang.entered == 1 and reader.stuck_threads == 1
+    hang.release.set()
+    deadline = time.monotonic() + 10
+    while reader.stuck_threads:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert reader.read_many([(101, 1)]) == {(101, 1): ("released", False)}
+
+
 def test_cached_cmdline_is_not_read_again() -> None:
     """A command line is read once per process identity, then served from the cache."""
     calls: list[int] = []

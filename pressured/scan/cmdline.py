@@ -71,6 +71,10 @@ class _Worker(threading.Thread):
                     value = None  # gone, or unreadable: the record says cmdline unknown
                 with reader._cond:
                     if batch.abandoned:
+                        # This was the read that overran: the process is readable again.
+                        reader._stuck_ids.discard(identity)
+                        if value is not None:
+                            reader._store(identity, value)
                         break
                     batch.results[identity] = value
                     batch.position += 1
@@ -92,7 +96,7 @@ class CmdlineReader:
         *,
         proc_root: str = "/proc",
         limit: int = procfs.DEFAULT_CMDLINE_LIMIT,
-        timeout_s: float = 0.05,
+        timeout_s: float = 0.2,
         max_stuck: int = 4,
         max_age_s: float = 300.0,
         cache_bytes: int = 1 << 20,
@@ -109,6 +113,9 @@ class CmdlineReader:
         self._cache: OrderedDict[Identity, tuple[Cmdline, float]] = OrderedDict()
         self._cached_bytes = 0
         self._stuck: list[_Worker] = []
+        self._stuck_ids: set[Identity] = set()
+        """Identities whose read is still blocked on an abandoned thread: not read again
+        (each would only block one more thread) until that read returns."""
         self._spawned = 0
         self.timeouts = 0
         self._worker: _Worker | None = self._new_worker()
@@ -163,6 +170,9 @@ class CmdlineReader:
         missing: list[Identity] = []
         with self._cond:
             for identity in identities:
+                if identity in self._stuck_ids:
+                    out[identity] = None
+                    continue
                 value = self.cached(identity)
                 if value is not None:
                     self._cache.move_to_end(identity)
@@ -213,6 +223,7 @@ class CmdlineReader:
             self.timeouts += 1
             stuck = batch.pids[batch.position]
             out[stuck] = None
+            self._stuck_ids.add(stuck)
             rest = batch.pids[batch.position + 1 :]
             past_deadline = deadline is not None and time.monotonic() >= deadline
         log.warning(
