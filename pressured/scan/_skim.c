@@ -145,15 +145,21 @@ out:
 }
 
 /*
- * pread_many(fds, which, page_size, deadline_ns) -> (values, failed, complete): the same
- * parse over fds kept open between scans (pread at offset 0 regenerates the file). values a
- * list of (index, value), failed a list of (index, errno) with errno 0 for malformed.
+ * pread_many(fds, keys, which, page_size, deadline_ns) -> (values, failed, complete): the
+ * same parse over fds kept open between scans (pread at offset 0 regenerates the file).
+ * values a list of (key, value), failed a list of (key, errno) with errno 0 for malformed,
+ * keys[i] (a PID) naming fds[i].
  */
 static PyObject *pread_many(PyObject *self, PyObject *args) {
-    PyObject *fds_obj;
+    PyObject *fds_obj, *keys;
     int which;
     long long page_size, deadline_ns;
-    if (!PyArg_ParseTuple(args, "OiLL", &fds_obj, &which, &page_size, &deadline_ns)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOiLL", &fds_obj, &keys, &which, &page_size, &deadline_ns))
+        return NULL;
+    if (!PyList_Check(keys) || !PyList_Check(fds_obj) || PyList_GET_SIZE(keys) != PyList_GET_SIZE(fds_obj)) {
+        PyErr_SetString(PyExc_TypeError, "fds and keys must be lists of one length");
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(fds_obj, "fds must be a sequence");
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -209,8 +215,9 @@ static PyObject *pread_many(PyObject *self, PyObject *args) {
     PyObject *ok_list = PyList_New(0), *failed = PyList_New(0), *result = NULL;
     if (!ok_list || !failed) goto out;
     for (Py_ssize_t i = 0; i < done; i++) {
-        PyObject *item = errnos[i] == 0 ? Py_BuildValue("(nL)", i, values[i])
-                                        : Py_BuildValue("(ni)", i, errnos[i] < 0 ? 0 : errnos[i]);
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *item = errnos[i] == 0 ? Py_BuildValue("(OL)", key, values[i])
+                                        : Py_BuildValue("(Oi)", key, errnos[i] < 0 ? 0 : errnos[i]);
         if (!item || PyList_Append(errnos[i] == 0 ? ok_list : failed, item) < 0) {
             Py_XDECREF(item);
             goto out;

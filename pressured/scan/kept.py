@@ -88,16 +88,16 @@ class KeptSkim:
     ) -> SkimResult:
         problems: list[ScanProblem] = []
         vanished = 0
-        kept_pids: list[int] = []
-        kept_fds: list[int] = []
         fresh: list[int] = []
-        in_scope = set(pids)
-        for pid in [pid for pid in self._fds if pid not in in_scope]:
-            os.close(self._fds.pop(pid))  # left the scope (or exited unseen)
-        for pid in pids:
-            fd = self._fds.get(pid)
-            if fd is None:
-                if len(self._fds) >= self.max_fds:
+        table = self._fds
+        if len(table) > len(pids) or any(pid not in table for pid in pids):
+            in_scope = set(pids)
+            for pid in [pid for pid in table if pid not in in_scope]:
+                os.close(table.pop(pid))  # left the scope (or exited unseen)
+            for pid in pids:
+                if pid in table:
+                    continue
+                if len(table) >= self.max_fds:
                     fresh.append(pid)
                     continue
                 try:
@@ -108,14 +108,13 @@ class KeptSkim:
                 except OSError as exc:
                     problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
                     continue
-                self._fds[pid] = fd
-            kept_pids.append(pid)
-            kept_fds.append(fd)
-        values, failed, complete = self._pread(kept_fds, deadline, clock)
-        result: dict[int, int] = {kept_pids[index]: value for index, value in values}
-        for index, err in failed:
-            pid = kept_pids[index]
-            os.close(self._fds.pop(pid))
+                table[pid] = fd
+        # Steady state (the same processes as last time) skips all of the above but one pass.
+        kept_pids = list(table)
+        values, failed, complete = self._pread(list(table.values()), kept_pids, deadline, clock)
+        result: dict[int, int] = dict(values)
+        for pid, err in failed:
+            os.close(table.pop(pid))
             if err == errno.ESRCH:
                 vanished += 1
             else:
@@ -130,27 +129,27 @@ class KeptSkim:
         return SkimResult(result, tuple(problems), vanished, complete)
 
     def _pread(
-        self, fds: list[int], deadline: float | None, clock: Callable[[], float]
+        self, fds: list[int], pids: list[int], deadline: float | None, clock: Callable[[], float]
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
         native = skim_module.native_module()
         if native is not None and skim_module.NATIVE_AVAILABLE and clock is time.monotonic:
             deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
             values, failed, complete = native.pread_many(
-                fds, _WHICH[self.name], procfs.PAGE_SIZE, deadline_ns
+                fds, pids, _WHICH[self.name], procfs.PAGE_SIZE, deadline_ns
             )
             return values, failed, bool(complete)
         ok: list[tuple[int, int]] = []
         bad: list[tuple[int, int]] = []
-        for index, fd in enumerate(fds):
+        for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
             checkpoint = index and index % procfs.SKIM_MINIMUM == 0
             if deadline is not None and checkpoint and clock() > deadline:
                 return ok, bad, False
             try:
-                ok.append((index, procfs.parse_skim(self.name, os.pread(fd, 128, 0))))
+                ok.append((pid, procfs.parse_skim(self.name, os.pread(fd, 128, 0))))
             except ParseError:
-                bad.append((index, 0))
+                bad.append((pid, 0))
             except OSError as exc:
-                bad.append((index, exc.errno or errno.EIO))
+                bad.append((pid, exc.errno or errno.EIO))
         return ok, bad, True
 
 

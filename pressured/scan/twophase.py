@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import heapq
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 from pressured.errors import ParseError
@@ -87,18 +87,24 @@ class _Reader:
         return record
 
 
-def _bounds(
+def _descending(
     key: RankKey, skims: Mapping[str, SkimResult], pids: Sequence[int], swap_in_use: int
-) -> list[tuple[float, int]]:
+) -> Iterator[tuple[float, int]]:
+    """(bound, pid) from the highest bound down (equal bounds in no particular order)."""
     if key.bound is Bound.SWAP:
-        return [(float(swap_in_use + key.slack), pid) for pid in pids]
-    values = skims[_SKIM_FILE[key.bound]].values
-    extra = key.slack + (swap_in_use if key.bound is Bound.MEMORY else 0)
-    out = [(float(value + extra), pid) for pid, value in values.items()]
+        bound = float(swap_in_use + key.slack)
+        yield from ((bound, pid) for pid in pids)
+        return
+    skimmed = skims[_SKIM_FILE[key.bound]]
     # A process whose cheap file was malformed cannot be bounded: read it early rather
     # than leave a possible winner out.
-    out.extend((_INFINITY, p.pid) for p in skims[_SKIM_FILE[key.bound]].problems if p.pid)
-    return out
+    yield from ((_INFINITY, p.pid) for p in skimmed.problems if p.pid)
+    extra = float(key.slack + (swap_in_use if key.bound is Bound.MEMORY else 0))
+    values = skimmed.values
+    # The same constant is added to every value, so the values' order is the bounds'; a
+    # sort keyed by a C method is the cheapest way to it (about 1 ms for 10,000 here).
+    for pid in sorted(values, key=values.__getitem__, reverse=True):
+        yield values[pid] + extra, pid
 
 
 def scan_two_phase(
@@ -138,7 +144,7 @@ def scan_two_phase(
         complete = complete and result.complete
     skimmed = max((len(result.values) for result in skims.values()), default=0)
     for key in keys:
-        order = sorted(_bounds(key, skims, pids, swap_in_use), reverse=True)
+        order = _descending(key, skims, pids, swap_in_use)
         best: list[int] = []  # min-heap of the top eligible scores so far
         highest: float = -_INFINITY
         for position, (bound, pid) in enumerate(order):
