@@ -1,17 +1,19 @@
 """A scan never hangs on a process stuck in a fault (issue #11 item 1).
 
 ``/proc/PID/cmdline`` takes the target's mmap_lock. A real hang could not be reproduced on
-this 6.18 kernel (see the report: userfaultfd drops the lock before it blocks, and remote
-reads fail fast on a userfaultfd range), so the blocking read is injected through the
-reader's ``read`` seam: a read that blocks until the test lets it go.
+this 6.18 kernel (the last test here: a thread stuck in a userfaultfd fault with a writer
+queued, or an argv page owned by a userfaultfd, leave the reader alone), so the blocking
+read is injected through a seam: a read that blocks until the test lets it go.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +150,42 @@ def test_snapshot_with_a_hung_cmdline_returns_and_still_decides(
         assert any("cmdline" in problem.problem for problem in snapshot.problems)
     finally:
         release.set()
+
+
+UFFD_SOURCE = Path(__file__).with_name("data") / "uffd_fault.c"
+
+
+@pytest.fixture(scope="module")
+def uffd_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the userfaultfd helper")
+    target = tmp_path_factory.mktemp("uffd") / "uffd_fault"
+    subprocess.run([compiler, "-O1", "-pthread", "-o", str(target), str(UFFD_SOURCE)], check=True)
+    return target
+
+
+@pytest.mark.parametrize("mode", ["fault", "argv"])
+def test_kernel_fact_a_userfaultfd_stall_does_not_block_cmdline_readers(
+    uffd_program: Path, mode: str
+) -> None:
+    """Why the hang test above uses a seam: on this kernel a thread stuck in a userfaultfd
+    fault (with a writer queued for the mmap_lock), or a cmdline page owned by a
+    userfaultfd, does not block a reader of /proc/PID/cmdline."""
+    proc = subprocess.Popen([str(uffd_program), mode], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            pytest.skip("userfaultfd unavailable here (vm.unprivileged_userfaultfd, seccomp)")
+        done = threading.Event()
+
+        def read() -> None:
+            procfs.read_cmdline(proc.pid)
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert done.wait(10), "reading /proc/PID/cmdline blocked"
+    finally:
+        proc.kill()
+        proc.wait()
