@@ -175,6 +175,19 @@ def _read_text(path: Path) -> str:
         return handle.read()
 
 
+def _read_bytes(path: str) -> bytes:
+    """The whole file as bytes: for big machine-written files (cgroup.procs of a group with
+    thousands of members) the text layer is a cost of its own."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read_int_or_max(path: Path) -> int:
     text = _read_text(path).strip()
     if text == "max":
@@ -280,7 +293,7 @@ class Cgroup:
             relative = os.path.relpath(dirpath, base)
             path = self.path if relative == "." else f"{self.path.rstrip('/')}/{relative}"
             try:
-                pids = _parse_pids(_read_text(Path(dirpath) / "cgroup.procs"), dirpath)
+                pids = _parse_pids(_read_bytes(f"{dirpath}/cgroup.procs"), dirpath)
             except FileNotFoundError:
                 continue  # a child removed mid-walk
             except OSError as exc:
@@ -405,8 +418,8 @@ class Cgroup:
                 raise
 
 
-def _parse_pids(text: str, source: str) -> list[int]:
+def _parse_pids(text: str | bytes, source: str) -> list[int]:
     try:
-        return [int(word) for word in text.split()]
+        return list(map(int, text.split()))
     except ValueError:
         raise ParseError(source, "cgroup.procs holds a non-numeric entry") from None
