@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
@@ -20,7 +21,7 @@ from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout, MemoryFigures
 from pressured.kernel.procfs import ProcessRecord, ScanProblem
 from pressured.kernel.psi import Pressure
-from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.cmdline import CmdlineReader, shared_reader
 from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import ScanPlan
 from pressured.scan.skim import skim as fresh_skim
@@ -256,7 +257,7 @@ def take_snapshot(
     cmdline_limit: int = procfs.DEFAULT_CMDLINE_LIMIT,
     protection: Callable[[ProcessRecord], str | None] | None = None,
     plan: ScanPlan | None = None,
-    cmdlines: CmdlineReader | None = None,
+    cmdlines: CmdlineReader | Literal["shared", "inline"] = "shared",
     progress: ScanProgress | None = None,
     clock: Callable[[], float] = time.monotonic,
     kept: KeptSkims | None = None,
@@ -270,10 +271,11 @@ def take_snapshot(
 
     ``plan`` (see :func:`pressured.scan.plan.plan_for`) lets the scan read full records only
     for the finalists of the chain's policies; without it every record is read, largest
-    first. ``cmdlines`` reads command lines off this thread with a time limit (without it
-    they are read inline, as a one-off tool may). ``kept`` keeps the skim's files open
-    between scans (:mod:`pressured.scan.kept`). Past ``deadline_s`` the snapshot holds
-    what was read (``complete`` False) and policies still rank it.
+    first. Command lines are read off this thread with a time limit, by ``cmdlines`` or by
+    the process-wide :func:`~pressured.scan.cmdline.shared_reader`; ``"inline"`` reads them
+    on this thread with no limit (only for tools that may block). ``kept`` keeps the skim's
+    files open between scans (:mod:`pressured.scan.kept`). Past ``deadline_s`` the snapshot
+    holds what was read (``complete`` False) and policies still rank it.
     """
     if progress is not None:
         progress.begin()
@@ -315,7 +317,13 @@ def take_snapshot(
         cgroups=members,
         cmdline_limit=cmdline_limit,
         deadline=deadline,
-        cmdlines=cmdlines,
+        cmdlines=(
+            None
+            if cmdlines == "inline"
+            else shared_reader(proc_root)
+            if cmdlines == "shared"
+            else cmdlines
+        ),
         clock=clock,
         skim=fresh_skim if kept is None else kept.skim,
     )

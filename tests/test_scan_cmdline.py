@@ -152,6 +152,41 @@ def test_snapshot_with_a_hung_cmdline_returns_and_still_decides(
         release.set()
 
 
+def test_default_snapshot_does_not_hang_on_a_stuck_cmdline(
+    scratch: ScratchGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """take_snapshot as the watchdog and ``pressured rank`` call it (no reader passed, no
+    plan) returns on time though one process's command line never comes."""
+    proc = scratch.spawn(["sleep", "60"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while proc.pid not in scratch.group.all_members():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    release = threading.Event()
+    real_read = procfs._read
+
+    def hanging_read(path: str, limit: int = 65536) -> bytes:
+        if path.endswith(f"/{proc.pid}/cmdline"):
+            release.wait(30)
+        return real_read(path, limit)
+
+    monkeypatch.setattr(procfs, "_read", hanging_read)
+    try:
+        started = time.monotonic()
+        snapshot = take_snapshot(
+            EVENT,
+            layout=scratch.layout,
+            cgroup_path=scratch.path,
+            memcg_v1_path=scratch.memcg_path,
+            deadline_s=1.0,
+        )
+        assert time.monotonic() - started < 5
+        record = snapshot.process(proc.pid)
+        assert record is not None and not record.cmdline_known
+    finally:
+        release.set()
+
+
 UFFD_SOURCE = Path(__file__).with_name("data") / "uffd_fault.c"
 
 

@@ -121,17 +121,18 @@ def populated() -> Iterator[ScratchGroup]:
         sleeps = [group.spawn(["sleep", "600"], stdout=subprocess.DEVNULL) for _ in range(SLEEPS)]
         deadline = time.monotonic() + 30
         # Wait until every sleeper has joined and exec'd, so both scans see the same world.
-        while not all(comm(proc.pid) == "sleep" for proc in sleeps):
+        while not all(asleep(proc.pid) for proc in sleeps):
             assert time.monotonic() < deadline, "sleepers did not start"
             time.sleep(0.01)
         yield group
 
 
-def comm(pid: int) -> str:
+def asleep(pid: int) -> bool:
+    """In nanosleep: exec'd and its loader done, so its figures no longer move."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
-        return ""
+        return False
 
 
 @pytest.mark.parametrize("label", [label for label, _ in policies()])

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +16,22 @@ from pressured.scan import skim
 from pressured.scan.kept import KeptSkim
 
 
+def asleep(pid: int) -> bool:
+    try:
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    # Compare numbers only once each sleeper sits in nanosleep: while its loader still maps
+    # libraries its resident size changes between two reads.
+    deadline = time.monotonic() + 10
+    while not all(asleep(proc.pid) for proc in procs):
+        assert time.monotonic() < deadline, "sleepers did not settle"
+        time.sleep(0.01)
     yield procs
     for proc in procs:
         proc.kill()

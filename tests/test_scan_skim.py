@@ -25,9 +25,22 @@ def same(a: SkimResult, b: SkimResult) -> None:
     assert sorted(p.pid for p in a.problems) == sorted(p.pid for p in b.problems)
 
 
+def asleep(pid: int) -> bool:
+    try:
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def sleepers() -> Iterator[list[int]]:
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    # Compare numbers only once each sleeper sits in nanosleep: while its loader still maps
+    # libraries its resident size changes between two reads.
+    deadline = time.monotonic() + 10
+    while not all(asleep(proc.pid) for proc in procs):
+        assert time.monotonic() < deadline, "sleepers did not settle"
+        time.sleep(0.01)
     yield [proc.pid for proc in procs]
     for proc in procs:
         proc.kill()

@@ -246,3 +246,18 @@ class CmdlineReader:
                 self._worker.retired = True
                 self._worker = None
             self._cond.notify_all()
+
+
+_shared: dict[str, CmdlineReader] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_reader(proc_root: str = "/proc") -> CmdlineReader:
+    """One process-wide reader per proc root, made on first use: what a caller that brings
+    no reader of its own (the watchdog, ``pressured rank``) gets, so no caller reads a
+    command line on its own thread by default."""
+    with _shared_lock:
+        reader = _shared.get(proc_root)
+        if reader is None:
+            reader = _shared[proc_root] = CmdlineReader(proc_root=proc_root)
+        return reader
