@@ -184,6 +184,8 @@ class ScanProgress:
         self.scans = 0
         self.partial = 0
         self.empty = 0
+        self.problems = 0
+        """Scan problems (unreadable or malformed files, cgroup errors) over all scans."""
 
     def begin(self) -> None:
         with self._lock:
@@ -195,6 +197,7 @@ class ScanProgress:
             self.scans += 1
             self.partial += not snapshot.complete
             self.empty += scan_is_empty(snapshot)
+            self.problems += len(snapshot.problems)
 
     def running_for_s(self) -> float | None:
         started = self.started_ns

@@ -8,4 +8,6 @@ where the one lock-taking read (``/proc/PID/cmdline``) happens.
 - :mod:`pressured.scan.cmdline`: command lines on a disposable thread, per-read time limit,
   cached per process identity.
 - :mod:`pressured.scan.skim`: the skim itself, native when the optional extension is built.
+- :mod:`pressured.scan.kept`: skim files kept open between events (the open paid once).
+- :mod:`pressured.scan.stages`: per-stage timestamps of one decision, for the kill record.
 """
