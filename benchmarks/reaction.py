@@ -217,6 +217,7 @@ _FLOOR_BINARY: dict[str, Path] = {}  # compiled once per run
 def _floor_c(pids: list[int], repetitions: int) -> tuple[list[float], list[float]] | None:
     """(open+read+close ms, pread-on-kept-fds ms) per repetition from benchmarks/floor.c, or
     None where no C compiler is present."""
+    import atexit
     import shutil
     import subprocess
     import tempfile
@@ -225,7 +226,9 @@ def _floor_c(pids: list[int], repetitions: int) -> tuple[list[float], list[float
         compiler = shutil.which("cc") or shutil.which("gcc")
         if compiler is None:
             return None
-        target = Path(tempfile.mkdtemp(prefix="pressured-floor-")) / "floor"
+        workdir = tempfile.mkdtemp(prefix="pressured-floor-")
+        atexit.register(shutil.rmtree, workdir, True)  # the binary goes when the suite ends
+        target = Path(workdir) / "floor"
         built = subprocess.run(
             [compiler, "-O2", "-o", str(target), str(FLOOR_C)], capture_output=True, check=False
         )
