@@ -170,6 +170,15 @@ class KillRecord:
     """mrelease lost the race (ESRCH) and the victim was reniced / taken out of SCHED_IDLE."""
     kill_reason: KillReason = KillReason.MANUAL
     """Why pressured killed at all, in one stable word (``reason`` is the policy's prose)."""
+    scan_complete: bool = True
+    """False: the snapshot was cut short by its deadline (``partial`` in the log)."""
+    scan_read: int | None = None
+    """Processes the snapshot read anything of (skimmed or in full)."""
+    scan_expected: int | None = None
+    """Processes the scope held when the scan began."""
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    """Milliseconds from the event to each stage of the decision path (dequeued, handled,
+    event emitted, scan started/ended, snapshot back on the loop, decided)."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -34,7 +35,11 @@ from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.policies.chain import ChainResult, PolicyChain
-from pressured.snapshot import RecentKill, Snapshot, take_snapshot
+from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.kept import KeptSkims, prewarm_scope
+from pressured.scan.plan import plan_for
+from pressured.scan.stages import StageClock
+from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
 
 if TYPE_CHECKING:
     from pressured.ops.metrics import Metrics
@@ -133,6 +138,14 @@ class ScopeRunner:
         self.history = ProcessHistory(
             proc_root=proc_root, resample_s=RESAMPLE_S * chain.wants_history
         )
+        # The scan's state for /healthz (when the running scan began) and its command-line
+        # reader: a disposable thread, so a process stuck in a fault cannot hold the I/O pool.
+        self.scan_progress = ScanProgress()
+        self.cmdlines = CmdlineReader(proc_root=proc_root)
+        self.kept_skims = KeptSkims(proc_root)  # skim files kept open between events
+        self.scan_deadline_s = 2.0
+        self.scan_clock: Callable[[], float] = time.monotonic  # a seam for deadline tests
+        self._dequeued_ns: int | None = None
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:
@@ -215,9 +228,17 @@ class ScopeRunner:
         # every starvation_check_s, is skipped.
         if self.settings.starvation_check_s and self.triggers is not None and not self.privileged:
             tasks.append(asyncio.create_task(self.watch_starvation(), name=f"starve:{self.name}"))
+        # Triggers are armed: open the scan's skim files now, once, so the first event only
+        # pays for processes started since (pressured.scan.kept). Never raises.
+        plan = plan_for(link.policy for link in self.chain.links)
+        files = plan.skim_files if plan is not None else ("statm",)
+        await asyncio.get_running_loop().run_in_executor(
+            self.io, prewarm_scope, self.kept_skims, files, self.group, self.proc_root
+        )
         try:
             while True:
                 event = await self.queue.get()
+                self._dequeued_ns = time.monotonic_ns()
                 self._episode += 1
                 await self._episode_loop(event)
         finally:
@@ -290,7 +311,10 @@ class ScopeRunner:
         window_s = self.episode_window_s
         interval = self.settings.recheck_interval_ms / 1000
         ends = time.monotonic() + window_s
-        baseline = await self._refaults()
+        # No refault reading before the first decision: handle() replaces it at once anyway,
+        # and it put one memory.stat read through the I/O pool in front of every first
+        # decision (0.6-0.8 ms measured under thrash; longer when the pool is busy).
+        baseline: tuple[int, float] | None = None
         while True:
             if event is not None:
                 ends = time.monotonic() + window_s
@@ -339,6 +363,7 @@ class ScopeRunner:
         cgroup_path = self.settings.cgroup
         memcg = self.group.memcg_v1_path if self.group else None
         recent = self._recent_kills()
+        plan = plan_for(link.policy for link in self.chain.links)
 
         def _take() -> Snapshot:
             snapshot = take_snapshot(
@@ -350,6 +375,12 @@ class ScopeRunner:
                 read_scope_pressure=False,
                 recent_kills=recent,
                 protection=self.guard.process_protection,
+                deadline_s=self.scan_deadline_s,
+                clock=self.scan_clock,
+                plan=plan,
+                cmdlines=self.cmdlines,
+                progress=self.scan_progress,
+                kept=self.kept_skims,
             )
             # Growth needs history (or a short second sample); then say if protection keeps
             # the largest consumer out of the choice.
@@ -361,16 +392,29 @@ class ScopeRunner:
         """Decide and act on one event. Never raises for a policy's or a victim's fault."""
         self.stats.events += 1
         self.stats.last_event_wall = event.wall_time
+        stages = StageClock(event.monotonic_ns)
+        if self._dequeued_ns is not None and self._dequeued_ns >= event.monotonic_ns:
+            stages.mark("dequeued", self._dequeued_ns)
+        stages.mark("handling")
         pacing = self.guard.pacing() or self._stale(event)
         await self._emit_event(event, pacing)
+        stages.mark("emitted")
         if pacing is not None:
             self.stats.deferred += 1
             return None
         snapshot = await self.take_snapshot(event)
+        stages.mark("snapshot")
+        if snapshot.scan_started_monotonic_ns:
+            stages.mark("scan_start", snapshot.scan_started_monotonic_ns)
+            stages.mark(
+                "cgroups_read", snapshot.scan_started_monotonic_ns + snapshot.cgroups_read_ns
+            )
+            stages.mark("scan_end", snapshot.scan_started_monotonic_ns + snapshot.scan_duration_ns)
         for problem in snapshot.problems:
             log.warning("scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem)
         result = await self.chain.decide(snapshot, self.guard.check)
         decided_ns = time.monotonic_ns()
+        stages.mark("decided", decided_ns)
         self._last_result = result
         self.stats.decisions += 1
         decision = result.decision
@@ -391,6 +435,10 @@ class ScopeRunner:
                 source=str(event.source),
                 reason=decision.reason,
                 candidates=len(snapshot.candidates),
+                scan_complete=snapshot.complete,
+                scan_read=snapshot.read_processes,
+                scan_expected=snapshot.expected_processes,
+                stages_ms=stages.ms(),
             )
             return None
         victim = decision.victims[0]
@@ -418,6 +466,13 @@ class ScopeRunner:
             return None
         finally:
             self.guard.kill_finished()
+        record = dataclasses.replace(
+            record,
+            scan_complete=snapshot.complete,
+            scan_read=snapshot.read_processes,
+            scan_expected=snapshot.expected_processes,
+            stages_ms=stages.ms(),
+        )
         self.stats.kills += 1
         if record.result in (KillResult.KILLED, KillResult.DYING):  # dying: memory reaped
             self._last_kill_done_ns = time.monotonic_ns()

@@ -7,9 +7,13 @@ I/O worker thread in one hop. Policies only ever see the resulting :class:`Snaps
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
 
 from pressured.errors import KernelError, ParseError
 from pressured.events import PressureEvent
@@ -17,6 +21,13 @@ from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout, MemoryFigures
 from pressured.kernel.procfs import ProcessRecord, ScanProblem
 from pressured.kernel.psi import Pressure
+from pressured.scan.cmdline import CmdlineReader, shared_reader
+from pressured.scan.kept import KeptSkims
+from pressured.scan.plan import ScanPlan
+from pressured.scan.skim import skim as fresh_skim
+from pressured.scan.twophase import scan_two_phase
+
+log = structlog.get_logger("pressured.snapshot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,17 @@ class Snapshot:
     expected_processes: int | None = None
     """How many processes the scope held when the scan began (None where unknown): with
     ``complete`` False, ``len(processes)`` of this many were read before the deadline."""
+    skimmed: int = 0
+    """Processes whose one cheap number (resident size or oom_score) was read in the scan's
+    first phase; ``processes`` holds the full records of the finalists among them."""
+    full_scan: bool = True
+    """True when every process's full record was read (no plan, or a policy that needs it)."""
+    scan_started_monotonic_ns: int = 0
+    """When the scan began on its worker thread: the hop to that thread is the time between
+    the event's decision to scan and this."""
+    cgroups_read_ns: int = 0
+    """Of ``scan_duration_ns``, the part spent before any process was read: meminfo, the
+    member walk and the cgroup records (memory.stat and friends)."""
     protected: frozenset[int] = frozenset()
     """PIDs the guard will refuse (PID 1, us, kernel threads, adj -1000, configured
     protection). Left out of :attr:`candidates` so policies rank only what may die; the guard
@@ -136,11 +158,61 @@ class Snapshot:
         return tuple(
             p
             for p in self.processes
-            if not p.is_kernel_thread
-            and p.state != "Z"  # a zombie's memory is already gone: killing it frees nothing
-            and p.pid not in (1, self.self_pid)
-            and p.pid not in self.protected
+            if is_candidate(p, self.self_pid) and p.pid not in self.protected
         )
+
+    @property
+    def read_processes(self) -> int:
+        """How many processes the scan read anything of (skimmed, or read in full)."""
+        return max(self.skimmed, len(self.processes))
+
+
+def is_candidate(record: ProcessRecord, self_pid: int) -> bool:
+    """The snapshot's own rule before protection: a user process, alive, not PID 1 or us."""
+    return (
+        not record.is_kernel_thread
+        and record.state != "Z"  # a zombie's memory is already gone: killing it frees nothing
+        and record.pid not in (1, self_pid)
+    )
+
+
+class ScanProgress:
+    """Where the scan of a scope stands, readable from any thread (for ``/healthz``): the
+    monotonic time the running scan started, or None between scans."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started_ns: int | None = None
+        self.scans = 0
+        self.partial = 0
+        self.empty = 0
+        self.problems = 0
+        """Scan problems (unreadable or malformed files, cgroup errors) over all scans."""
+
+    def begin(self) -> None:
+        with self._lock:
+            self.started_ns = time.monotonic_ns()
+
+    def end(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self.started_ns = None
+            self.scans += 1
+            self.partial += not snapshot.complete
+            self.empty += scan_is_empty(snapshot)
+            self.problems += len(snapshot.problems)
+
+    def running_for_s(self) -> float | None:
+        started = self.started_ns
+        return None if started is None else (time.monotonic_ns() - started) / 1e9
+
+
+def scan_is_empty(snapshot: Snapshot) -> bool:
+    """Nothing at all was read of a scope that has members: never "no candidate"."""
+    return (
+        bool(snapshot.expected_processes)
+        and snapshot.read_processes == 0
+        and (snapshot.full_scan or not snapshot.complete)
+    )
 
 
 _XATTR_PREFER = ("trusted.oomd_prefer", "user.oomd_prefer")
@@ -191,54 +263,81 @@ def take_snapshot(
     deadline_s: float = 2.0,
     cmdline_limit: int = procfs.DEFAULT_CMDLINE_LIMIT,
     protection: Callable[[ProcessRecord], str | None] | None = None,
+    plan: ScanPlan | None = None,
+    cmdlines: CmdlineReader | Literal["shared", "inline"] = "shared",
+    progress: ScanProgress | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    kept: KeptSkims | None = None,
 ) -> Snapshot:
-    """Scan the scope in one synchronous call (run it on a worker thread).
+    """Scan the scope in one synchronous call (run it on a worker thread). Never raises for
+    what it reads: every OSError of procfs or cgroupfs becomes a :class:`ScanProblem`.
 
     For a cgroup scope only its members are read; its direct children become cgroup records.
     ``read_scope_pressure`` stays False while an unprivileged trigger watches the scope group:
     reading its pressure file would starve that trigger (DESIGN.md).
+
+    ``plan`` (see :func:`pressured.scan.plan.plan_for`) lets the scan read full records only
+    for the finalists of the chain's policies; without it every record is read, largest
+    first. Command lines are read off this thread with a time limit, by ``cmdlines`` or by
+    the process-wide :func:`~pressured.scan.cmdline.shared_reader`; ``"inline"`` reads them
+    on this thread with no limit (only for tools that may block). ``kept`` keeps the skim's
+    files open between scans (:mod:`pressured.scan.kept`). Past ``deadline_s`` the snapshot
+    holds what was read (``complete`` False) and policies still rank it.
     """
+    if progress is not None:
+        progress.begin()
+    started_mono = time.monotonic_ns()
     started = time.perf_counter_ns()
-    deadline = time.monotonic() + deadline_s
+    deadline = clock() + deadline_s
+    problems: list[ScanProblem] = []
     cgroups: list[CgroupRecord] = []
     members: dict[int, str] | None = None
-    if cgroup_path is not None and layout is not None:
-        scope_group = Cgroup(layout, cgroup_path, memcg_v1_path)
-        members = scope_group.member_paths()
-        cgroups.append(
-            read_cgroup_record(scope_group, with_pressure=read_scope_pressure, pids=tuple(members))
-        )
-        try:
-            children = scope_group.children()
-        except OSError:
-            children = []
-        for child in children:
-            try:
-                # Its members come from the scope's one walk, not another walk of its own.
-                prefix = child.path.rstrip("/") + "/"
-                child_pids = tuple(
-                    pid
-                    for pid, path in members.items()
-                    if path == child.path or path.startswith(prefix)
-                )
-                cgroups.append(read_cgroup_record(child, pids=child_pids))
-            except (FileNotFoundError, ParseError):
-                continue  # removed mid-scan, or a malformed file: leave it out
-    scan = procfs.scan_processes(
-        proc_root,
-        None if members is None else list(members),
-        cmdline_limit=cmdline_limit,
-        deadline=deadline,
-        cgroups=members,
-    )
     try:
         memory: SystemMemory | None = SystemMemory.from_meminfo(procfs.read_meminfo(proc_root))
-    except OSError:
+    except (OSError, ParseError) as exc:
+        problems.append(ScanProblem(0, f"meminfo unreadable: {exc}"))
         memory = None
+    if cgroup_path is not None and layout is not None:
+        scope_group = Cgroup(layout, cgroup_path, memcg_v1_path)
+        members, cgroups = _read_cgroups(scope_group, read_scope_pressure, problems)
+    if members is None:
+        try:
+            pids = procfs.list_pids(proc_root)
+        except OSError as exc:
+            problems.append(ScanProblem(0, f"cannot list processes: {exc}"))
+            pids = []
+    else:
+        pids = list(members)
+    cgroups_read_ns = time.perf_counter_ns() - started
+    self_pid = os.getpid()
+    swap_in_use = memory.swap_total_bytes - memory.swap_free_bytes if memory else 0
+
+    def candidate(record: ProcessRecord) -> bool:
+        return is_candidate(record, self_pid) and (protection is None or protection(record) is None)
+
+    scan = scan_two_phase(
+        proc_root,
+        pids,
+        plan,
+        candidate=candidate,
+        swap_in_use=max(0, swap_in_use) if memory else 1 << 62,
+        cgroups=members,
+        cmdline_limit=cmdline_limit,
+        deadline=deadline,
+        cmdlines=(
+            None
+            if cmdlines == "inline"
+            else shared_reader(proc_root)
+            if cmdlines == "shared"
+            else cmdlines
+        ),
+        clock=clock,
+        skim=fresh_skim if kept is None else kept.skim,
+    )
     protected = frozenset(
         p.pid for p in scan.processes if protection is not None and protection(p) is not None
     )
-    return Snapshot(
+    snapshot = Snapshot(
         scope=event.scope,
         event=event,
         processes=scan.processes,
@@ -246,7 +345,75 @@ def take_snapshot(
         cgroups=tuple(cgroups),
         memory=memory,
         recent_kills=recent_kills,
+        self_pid=self_pid,
         scan_duration_ns=time.perf_counter_ns() - started,
         complete=scan.complete,
-        problems=scan.problems,
+        problems=(*problems, *scan.problems),
+        expected_processes=len(pids),
+        skimmed=scan.skimmed,
+        full_scan=plan is None,
+        scan_started_monotonic_ns=started_mono,
+        cgroups_read_ns=cgroups_read_ns,
     )
+    _log_shortfalls(snapshot)
+    if progress is not None:
+        progress.end(snapshot)
+    return snapshot
+
+
+def _read_cgroups(
+    scope_group: Cgroup, read_scope_pressure: bool, problems: list[ScanProblem]
+) -> tuple[dict[int, str], list[CgroupRecord]]:
+    """The scope's members (one walk) and its cgroup records; errors become problems."""
+    walk_errors: list[tuple[str, OSError]] = []
+    if not scope_group.directory.is_dir():
+        problems.append(ScanProblem(0, f"cgroup {scope_group.path}: gone"))
+        return {}, []
+    members = scope_group.member_paths(errors=walk_errors)
+    for directory, exc in walk_errors:
+        problems.append(ScanProblem(0, f"cgroup {directory}: {exc.strerror or exc}"))
+    cgroups: list[CgroupRecord] = []
+    try:
+        cgroups.append(
+            read_cgroup_record(scope_group, with_pressure=read_scope_pressure, pids=tuple(members))
+        )
+        children = scope_group.children()
+    except OSError as exc:
+        problems.append(ScanProblem(0, f"cgroup {scope_group.path}: {exc.strerror or exc}"))
+        children = []
+    for child in children:
+        try:
+            # Its members come from the scope's one walk, not another walk of its own.
+            prefix = child.path.rstrip("/") + "/"
+            child_pids = tuple(
+                pid
+                for pid, path in members.items()
+                if path == child.path or path.startswith(prefix)
+            )
+            cgroups.append(read_cgroup_record(child, pids=child_pids))
+        except FileNotFoundError:
+            continue  # removed mid-scan: not a problem
+        except (OSError, ParseError) as exc:
+            problems.append(ScanProblem(0, f"cgroup {child.path}: {exc}"))
+    return members, cgroups
+
+
+def _log_shortfalls(snapshot: Snapshot) -> None:
+    if scan_is_empty(snapshot):
+        log.error(
+            "scan.empty",
+            scope=snapshot.scope,
+            expected=snapshot.expected_processes,
+            duration_ms=round(snapshot.scan_duration_ns / 1e6, 3),
+            detail="nothing was read of a scope that has members: the decision has no data "
+            "(not the same as no candidate)",
+        )
+    elif not snapshot.complete:
+        log.warning(
+            "scan.partial",
+            scope=snapshot.scope,
+            read=snapshot.read_processes,
+            full_records=len(snapshot.processes),
+            expected=snapshot.expected_processes,
+            duration_ms=round(snapshot.scan_duration_ns / 1e6, 3),
+        )

@@ -178,6 +178,19 @@ def _read_text(path: Path) -> str:
         return handle.read()
 
 
+def _read_bytes(path: str) -> bytes:
+    """The whole file as bytes: for big machine-written files (cgroup.procs of a group with
+    thousands of members) the text layer is a cost of its own."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read_int_or_max(path: Path) -> int:
     text = _read_text(path).strip()
     if text == "max":
@@ -268,20 +281,36 @@ class Cgroup:
         """PIDs in this group and every descendant."""
         return list(self.member_paths())
 
-    def member_paths(self) -> dict[int, str]:
+    def member_paths(self, errors: list[tuple[str, OSError]] | None = None) -> dict[int, str]:
         """PID -> cgroup v2 path for this group and every descendant, from one walk: exact and
-        fresh, and it spares a scan reading ``/proc/<pid>/cgroup`` for each process."""
+        fresh, and it spares a scan reading ``/proc/<pid>/cgroup`` for each process.
+
+        With ``errors`` given, a group whose ``cgroup.procs`` cannot be read (EOPNOTSUPP in a
+        threaded group, whose processes its threaded domain lists; EACCES) is recorded there
+        as ``(path, error)`` and the walk goes on; without it the error is raised."""
         members: dict[int, str] = {}
         base = self.directory
-        for dirpath, _dirnames, filenames in os.walk(base):
+
+        def walk_error(exc: OSError) -> None:
+            if errors is None:
+                raise exc
+            if not isinstance(exc, FileNotFoundError):
+                errors.append((str(exc.filename), exc))
+
+        for dirpath, _dirnames, filenames in os.walk(base, onerror=walk_error):
             if "cgroup.procs" not in filenames:
                 continue
             relative = os.path.relpath(dirpath, base)
             path = self.path if relative == "." else f"{self.path.rstrip('/')}/{relative}"
             try:
-                pids = _parse_pids(_read_text(Path(dirpath) / "cgroup.procs"), dirpath)
+                pids = _parse_pids(_read_bytes(f"{dirpath}/cgroup.procs"), dirpath)
             except FileNotFoundError:
                 continue  # a child removed mid-walk
+            except OSError as exc:
+                if errors is None:
+                    raise
+                errors.append((path, exc))
+                continue
             members.update(dict.fromkeys(pids, path))
         return members
 
@@ -418,8 +447,8 @@ class Cgroup:
                 raise
 
 
-def _parse_pids(text: str, source: str) -> list[int]:
+def _parse_pids(text: str | bytes, source: str) -> list[int]:
     try:
-        return [int(word) for word in text.split()]
+        return list(map(int, text.split()))
     except ValueError:
         raise ParseError(source, "cgroup.procs holds a non-numeric entry") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,9 @@ class ProcessRecord:
     """Device of the executable (``stat`` of ``/proc/PID/exe``); None where not read. With
     ``exe_ino`` it names the binary in a way the process cannot forge, unlike comm/cmdline."""
     exe_ino: int | None = None
+    cmdline_known: bool = True
+    """False where the command line was not read in time (``/proc/PID/cmdline`` takes the
+    target's mmap_lock and can block): ``cmdline`` is then empty, not the real one."""
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -99,6 +102,8 @@ class ScanResult:
     complete: bool
     """False when the deadline cut the scan short."""
     duration_ns: int
+    skimmed: int = 0
+    """Processes whose one cheap number was read (two-phase scans; 0 for a plain scan)."""
 
 
 def _read(path: str, limit: int = _READ_CHUNK) -> bytes:
@@ -241,9 +246,15 @@ def read_process(
     cmdline_limit: int = DEFAULT_CMDLINE_LIMIT,
     *,
     cgroup: str | None = None,
+    with_cmdline: bool = True,
 ) -> ProcessRecord:
     """Read one process. Raises FileNotFoundError/ProcessLookupError if it is gone and
-    :class:`ParseError` if a file is malformed."""
+    :class:`ParseError` if a file is malformed.
+
+    ``with_cmdline=False`` leaves the command line out (``cmdline_known`` False): it is the
+    one file here that takes the target's mmap_lock, so a caller that must not block reads it
+    elsewhere (:class:`pressured.scan.cmdline.CmdlineReader`). Every other file read here is
+    generated without that lock."""
     base = f"{proc_root}/{pid}"
     stat = parse_stat(_read(f"{base}/stat", 4096), f"{base}/stat")
     kernel_thread = bool(stat.flags & PF_KTHREAD)
@@ -268,7 +279,10 @@ def read_process(
             sid=stat.sid,
         )
     status = parse_status(_read(f"{base}/status"), f"{base}/status")
-    cmdline, truncated = format_cmdline(_read(f"{base}/cmdline", cmdline_limit + 2), cmdline_limit)
+    if with_cmdline:
+        cmdline, truncated = read_cmdline(pid, proc_root, cmdline_limit)
+    else:
+        cmdline, truncated = "", False
     return ProcessRecord(
         pid=pid,
         ppid=stat.ppid,
@@ -288,7 +302,82 @@ def read_process(
         sid=stat.sid,
         minflt=stat.minflt,
         majflt=stat.majflt,
+        cmdline_known=with_cmdline,
     )
+
+
+def read_cmdline(
+    pid: int, proc_root: str = "/proc", limit: int = DEFAULT_CMDLINE_LIMIT
+) -> tuple[str, bool]:
+    """``/proc/PID/cmdline`` formatted (see :func:`format_cmdline`). Takes the target's
+    mmap_lock in the kernel: may block for as long as that process is stuck in a fault."""
+    return format_cmdline(_read(f"{proc_root}/{pid}/cmdline", limit + 2), limit)
+
+
+SKIM_FILES = {"statm": "resident pages (x page size)", "oom_score": "the kernel's badness"}
+
+
+def parse_skim(name: str, data: bytes) -> int:
+    """The one number a skim takes from ``statm`` (resident bytes) or ``oom_score``."""
+    words = data.split()
+    try:
+        if name == "statm":
+            return int(words[1]) * PAGE_SIZE
+        return int(words[0])
+    except (IndexError, ValueError):
+        raise ParseError(name, f"malformed: {data[:40]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SkimResult:
+    """One number per process from one lock-free file, read for every process in scope."""
+
+    values: dict[int, int]
+    problems: tuple[ScanProblem, ...]
+    vanished: int
+    complete: bool
+    """False when the deadline cut the skim short (``values`` holds what was read)."""
+
+
+SKIM_MINIMUM = 64
+"""Processes a skim reads even past its deadline: a late scan still gets something to rank."""
+
+
+def skim_python(
+    proc_root: str,
+    pids: Iterable[int],
+    name: str,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> SkimResult:
+    """Read ``/proc/PID/<name>`` (``statm`` or ``oom_score``) for each PID: one open, one
+    read, one close each, the floor of any scan. Neither file takes the mmap_lock. The
+    ``deadline`` (on ``clock``) is checked every 64 processes, after the first 64."""
+    if name not in SKIM_FILES:
+        raise ValueError(f"cannot skim {name!r}: one of {sorted(SKIM_FILES)}")
+    values: dict[int, int] = {}
+    problems: list[ScanProblem] = []
+    vanished = 0
+    for index, pid in enumerate(pids):
+        if deadline is not None and index and index % SKIM_MINIMUM == 0 and clock() > deadline:
+            return SkimResult(values, tuple(problems), vanished, complete=False)
+        try:
+            fd = os.open(f"{proc_root}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 128)
+            finally:
+                os.close(fd)
+            values[pid] = parse_skim(name, data)
+        except (FileNotFoundError, ProcessLookupError):
+            vanished += 1
+        except ParseError as exc:
+            problems.append(ScanProblem(pid, str(exc)))
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                vanished += 1
+            else:
+                problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+    return SkimResult(values, tuple(problems), vanished, complete=True)
 
 
 def list_pids(proc_root: str = "/proc") -> list[int]:
@@ -302,6 +391,7 @@ def scan_processes(
     cmdline_limit: int = DEFAULT_CMDLINE_LIMIT,
     deadline: float | None = None,
     cgroups: Mapping[int, str] | None = None,
+    with_cmdline: bool = True,
 ) -> ScanResult:
     """Scan every process (or just ``pids``) in one call.
 
@@ -315,14 +405,20 @@ def scan_processes(
     problems: list[ScanProblem] = []
     vanished = 0
     complete = True
-    candidates = list_pids(proc_root) if pids is None else list(pids)
+    try:
+        candidates = list_pids(proc_root) if pids is None else list(pids)
+    except OSError as exc:
+        problems.append(ScanProblem(0, f"cannot list processes: {exc.strerror}: {exc.filename}"))
+        candidates = []
     for index, pid in enumerate(candidates):
         if deadline is not None and index % 64 == 0 and time.monotonic() > deadline:
             complete = False
             break
         try:
             known = cgroups.get(pid) if cgroups is not None else None
-            records.append(read_process(pid, proc_root, cmdline_limit, cgroup=known))
+            records.append(
+                read_process(pid, proc_root, cmdline_limit, cgroup=known, with_cmdline=with_cmdline)
+            )
         except (FileNotFoundError, ProcessLookupError):
             vanished += 1
         except ParseError as exc:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pressured.events import VictimKind
 from pressured.kernel.procfs import ProcessRecord
+from pressured.scan.plan import PolicyNeed
 from pressured.snapshot import CgroupRecord, Snapshot
 
 Figure = float | int | str
@@ -134,6 +135,11 @@ class BasePolicy(Generic[OptionsT]):
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
         raise NotImplementedError
+
+    def scan_key(self) -> PolicyNeed:
+        """What this policy ranks on (:mod:`pressured.scan.plan`), so the scan may read full
+        records only for its finalists. None (the default) asks for a full scan."""
+        return None
 
     async def aclose(self) -> None:
         """Release what the policy holds (optional). Called once at shutdown or reload."""

@@ -17,6 +17,7 @@ from pressured.kernel.procfs import ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.policies.common import MIB, killable, mib, process_label, ranking_of
 from pressured.policies.patterns import ProcessPattern, any_match
+from pressured.scan.plan import Bound, RankKey
 from pressured.snapshot import Snapshot
 
 
@@ -38,6 +39,18 @@ class LargestPolicy(BasePolicy[LargestOptions]):
 
     name: ClassVar[str] = "largest"
     Options = LargestOptions
+
+    def scan_key(self) -> RankKey:
+        return RankKey(
+            Bound.MEMORY,
+            score=lambda p: p.memory_bytes,
+            eligible=self._eligible,
+            floor=int(self.options.min_mib * MIB),
+        )
+
+    def _eligible(self, p: ProcessRecord) -> bool:
+        floor = int(self.options.min_mib * MIB)
+        return killable(p) and p.memory_bytes >= floor and not any_match(self.options.ignore, p)
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
         floor = int(self.options.min_mib * MIB)

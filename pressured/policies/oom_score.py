@@ -27,6 +27,7 @@ from pressured.kernel.procfs import ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.policies.common import MIB, killable, mib, process_label, ranking_of
 from pressured.policies.patterns import ProcessPattern, any_match
+from pressured.scan.plan import Bound, PolicyNeed, RankKey
 from pressured.snapshot import Snapshot
 
 
@@ -56,6 +57,20 @@ class OomScorePolicy(BasePolicy[OomScoreOptions]):
 
     name: ClassVar[str] = "oom_score"
     Options = OomScoreOptions
+
+    def scan_key(self) -> PolicyNeed:
+        # badness <= oom_score + prefer_bonus; sort_by=rss ranks preference before size, so
+        # size alone bounds it only while no pattern can change the preference.
+        if self.options.sort_by == "oom_score":
+            slack = self.options.prefer_bonus if self.options.prefer else 0
+            return RankKey(Bound.OOM_SCORE, score=self.badness, slack=slack, eligible=self._ok)
+        if self.options.prefer or self.options.avoid:
+            return None
+        return RankKey(Bound.MEMORY, score=lambda p: p.memory_bytes, eligible=self._ok)
+
+    def _ok(self, p: ProcessRecord) -> bool:
+        floor = int(self.options.min_rss_mib * MIB)
+        return killable(p) and p.memory_bytes >= floor and not any_match(self.options.ignore, p)
 
     def preference(self, record: ProcessRecord) -> int:
         """+1 preferred, -1 avoided, 0 plain (prefer and avoid both matching cancel out)."""

@@ -18,6 +18,7 @@ from pydantic import Field
 from pressured.kernel.procfs import ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.policies.common import MIB, killable, mib, process_label, ranking_of
+from pressured.scan.plan import Bound, RankKey
 from pressured.snapshot import Snapshot
 
 
@@ -42,6 +43,15 @@ class SwapUsagePolicy(BasePolicy[SwapUsageOptions]):
 
     name: ClassVar[str] = "swap_usage"
     Options = SwapUsageOptions
+
+    def scan_key(self) -> RankKey:
+        floor = max(1, int(self.options.min_swap_mib * MIB))
+        return RankKey(
+            Bound.SWAP,
+            score=lambda p: p.swap_bytes,
+            eligible=lambda p: killable(p) and p.swap_bytes >= floor,
+            floor=floor,
+        )
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
         memory = snapshot.memory

@@ -1,0 +1,210 @@
+"""Skim files kept open between scans: the open is paid once per process, not per event.
+
+Opening ``/proc/PID/oom_score`` costs more than generating it (path walk, a new file): on this
+machine about 6 µs against 1.5 µs for a ``pread`` at offset 0 on an fd kept open, which
+regenerates the file. So a scope may keep one fd per process in scope, opened when a scan
+first meets the process and closed when a scan no longer finds it in scope, or when its read
+fails (a kept fd names the process, not the PID number: after the process exits, reads fail
+with ESRCH, and a new process reusing the PID is opened afresh). Nothing here runs between
+events: the fds just stay open.
+
+The cost is memory the kernel keeps for each open file (its seq_file buffer of one page,
+allocated on the first read, plus the file itself: about 4.5 KiB per process, charged to the
+daemon's cgroup; ``benchmarks/reaction.py`` measures it) and one fd each, so the table is
+bounded by ``max_fds``; processes beyond it are skimmed with a fresh open, as without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+
+from pressured.errors import ParseError
+from pressured.kernel import procfs
+from pressured.kernel.cgroupfs import Cgroup
+from pressured.kernel.procfs import ScanProblem, SkimResult
+from pressured.scan import skim as skim_module
+
+_WHICH = {"statm": 0, "oom_score": 1}
+
+
+def _close_all(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+def default_max_fds() -> int:
+    """Half the soft RLIMIT_NOFILE, at most 16,384: the rest stays for everything else."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(0, min(16_384, soft // 2))
+
+
+class KeptSkim:
+    """One kept fd per process for one skim file (``statm`` or ``oom_score``)."""
+
+    def __init__(self, name: str, proc_root: str = "/proc", max_fds: int | None = None) -> None:
+        if name not in _WHICH:
+            raise ValueError(f"cannot skim {name!r}: one of {sorted(_WHICH)}")
+        self.name = name
+        self.proc_root = proc_root
+        self.max_fds = default_max_fds() if max_fds is None else max_fds
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        # A scope dropped at reload must not leak its fds until the process exits.
+        self._finalizer = weakref.finalize(self, _close_all, self._fds)
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def close(self) -> None:
+        with self._lock:
+            _close_all(self._fds)
+
+    def skim(
+        self,
+        proc_root: str,
+        pids: Sequence[int],
+        name: str,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> SkimResult:
+        """Same contract as :func:`pressured.kernel.procfs.skim_python`."""
+        if name != self.name or proc_root != self.proc_root:
+            return skim_module.skim(proc_root, pids, name, deadline, clock)
+        with self._lock:
+            return self._skim(pids, deadline, clock)
+
+    def _skim(
+        self, pids: Sequence[int], deadline: float | None, clock: Callable[[], float]
+    ) -> SkimResult:
+        problems: list[ScanProblem] = []
+        vanished = 0
+        fresh: list[int] = []
+        table = self._fds
+        if len(table) > len(pids) or any(pid not in table for pid in pids):
+            in_scope = set(pids)
+            for pid in [pid for pid in table if pid not in in_scope]:
+                os.close(table.pop(pid))  # left the scope (or exited unseen)
+            for pid in pids:
+                if pid in table:
+                    continue
+                if len(table) >= self.max_fds:
+                    fresh.append(pid)
+                    continue
+                try:
+                    fd = os.open(f"{self.proc_root}/{pid}/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
+                except (FileNotFoundError, ProcessLookupError):
+                    vanished += 1
+                    continue
+                except OSError as exc:
+                    problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+                    continue
+                table[pid] = fd
+        # Steady state (the same processes as last time) skips all of the above but one pass.
+        kept_pids = list(table)
+        values, failed, complete = self._pread(list(table.values()), kept_pids, deadline, clock)
+        result: dict[int, int] = dict(values)
+        for pid, err in failed:
+            os.close(table.pop(pid))
+            if err == errno.ESRCH:
+                vanished += 1
+            else:
+                what = os.strerror(err) if err else "malformed"
+                problems.append(ScanProblem(pid, f"{what}: {self.proc_root}/{pid}/{self.name}"))
+        if fresh and complete:
+            rest = skim_module.skim(self.proc_root, fresh, self.name, deadline, clock)
+            result.update(rest.values)
+            problems.extend(rest.problems)
+            vanished += rest.vanished
+            complete = rest.complete
+        return SkimResult(result, tuple(problems), vanished, complete)
+
+    def _pread(
+        self, fds: list[int], pids: list[int], deadline: float | None, clock: Callable[[], float]
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
+        native = skim_module.native_module()
+        if native is not None and skim_module.NATIVE_AVAILABLE and clock is time.monotonic:
+            deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
+            values, failed, complete = native.pread_many(
+                fds, pids, _WHICH[self.name], procfs.PAGE_SIZE, deadline_ns
+            )
+            return values, failed, bool(complete)
+        ok: list[tuple[int, int]] = []
+        bad: list[tuple[int, int]] = []
+        for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
+            checkpoint = index and index % procfs.SKIM_MINIMUM == 0
+            if deadline is not None and checkpoint and clock() > deadline:
+                return ok, bad, False
+            try:
+                ok.append((pid, procfs.parse_skim(self.name, os.pread(fd, 128, 0))))
+            except ParseError:
+                bad.append((pid, 0))
+            except OSError as exc:
+                bad.append((pid, exc.errno or errno.EIO))
+        return ok, bad, True
+
+
+class KeptSkims:
+    """A scope's kept skim files, one :class:`KeptSkim` per file name, made on first use."""
+
+    def __init__(self, proc_root: str = "/proc", max_fds: int | None = None) -> None:
+        self.proc_root = proc_root
+        self.max_fds = max_fds
+        self._by_name: dict[str, KeptSkim] = {}
+
+    @property
+    def open_fds(self) -> int:
+        return sum(len(kept) for kept in self._by_name.values())
+
+    def skim(
+        self,
+        proc_root: str,
+        pids: Sequence[int],
+        name: str,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> SkimResult:
+        kept = self._by_name.get(name)
+        if kept is None:
+            kept = self._by_name[name] = KeptSkim(name, self.proc_root, self.max_fds)
+        return kept.skim(proc_root, pids, name, deadline, clock)
+
+    def close(self) -> None:
+        for kept in self._by_name.values():
+            kept.close()
+
+
+def prewarm(
+    kept: KeptSkims, names: Sequence[str], pids: Sequence[int], proc_root: str = "/proc"
+) -> int:
+    """Open the skim files of ``pids`` now (once, at start-up, after the triggers are armed),
+    so the first event pays only for processes started since. Returns the fds kept."""
+    for name in names:
+        kept.skim(proc_root, pids, name)
+    return kept.open_fds
+
+
+def prewarm_scope(
+    kept: KeptSkims,
+    files: Sequence[str],
+    cgroup: Cgroup | None,
+    proc_root: str = "/proc",
+) -> int:
+    """:func:`prewarm` for a scope's current members (a cgroup's, or every process). Never
+    raises: a failed warm-up only leaves the first event to open the files itself."""
+    if not files:
+        return 0
+    try:
+        pids = list(cgroup.member_paths(errors=[])) if cgroup else procfs.list_pids(proc_root)
+        return prewarm(kept, files, pids, proc_root)
+    except OSError:
+        return kept.open_fds

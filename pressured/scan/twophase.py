@@ -1,0 +1,182 @@
+"""Two phases: skim every process for one cheap number, then read full records only for the
+finalists, in descending order of that number's bound.
+
+Phase 1 reads one lock-free file per process (``statm`` or ``oom_score``, see
+:mod:`pressured.scan.skim`). Phase 2 reads the full record (stat, status, oom_score,
+oom_score_adj, cgroup; the command line through a :class:`~pressured.scan.cmdline.
+CmdlineReader`) for processes in descending bound order, and stops for a key once ``top``
+eligible records score above every bound still unread (see :mod:`pressured.scan.plan`).
+
+Reading in bound order is also what makes a short scan useful: when the deadline cuts it,
+what was read is the top of the ranking, not the first PIDs of a directory listing.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+
+from pressured.errors import ParseError
+from pressured.kernel import procfs
+from pressured.kernel.procfs import ProcessRecord, ScanProblem, ScanResult, SkimResult
+from pressured.scan.cmdline import CmdlineReader
+from pressured.scan.plan import Bound, RankKey, ScanPlan
+from pressured.scan.skim import SkimFn
+from pressured.scan.skim import skim as default_skim
+
+_SKIM_FILE = {Bound.OOM_SCORE: "oom_score", Bound.MEMORY: "statm"}
+_INFINITY = float("inf")
+
+
+class _Reader:
+    """Full records by PID, each read at most once per scan, problems collected."""
+
+    def __init__(
+        self,
+        proc_root: str,
+        cgroups: Mapping[int, str] | None,
+        cmdline_limit: int,
+        cmdlines: CmdlineReader | None,
+        deadline: float | None,
+    ) -> None:
+        self.proc_root = proc_root
+        self.cgroups = cgroups
+        self.cmdline_limit = cmdline_limit
+        self.cmdlines = cmdlines
+        self.deadline = deadline
+        self.records: dict[int, ProcessRecord | None] = {}
+        self.problems: list[ScanProblem] = []
+        self.vanished = 0
+
+    def get(self, pid: int) -> ProcessRecord | None:
+        if pid in self.records:
+            return self.records[pid]
+        record: ProcessRecord | None = None
+        try:
+            known = self.cgroups.get(pid) if self.cgroups is not None else None
+            record = procfs.read_process(
+                pid,
+                self.proc_root,
+                self.cmdline_limit,
+                cgroup=known,
+                with_cmdline=self.cmdlines is None,
+            )
+        except (FileNotFoundError, ProcessLookupError):
+            self.vanished += 1
+        except ParseError as exc:
+            self.problems.append(ScanProblem(pid, str(exc)))
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                self.vanished += 1
+            else:
+                self.problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+        if record is not None and self.cmdlines is not None and not record.is_kernel_thread:
+            identity = record.identity
+            found = self.cmdlines.read_many([identity], self.deadline).get(identity)
+            if found is not None:
+                record = replace(record, cmdline=found[0], cmdline_truncated=found[1])
+                record = replace(record, cmdline_known=True)
+            else:
+                self.problems.append(ScanProblem(pid, "cmdline not read in time"))
+        if record is not None and record.is_kernel_thread:
+            record = replace(record, cmdline_known=True)
+        self.records[pid] = record
+        return record
+
+
+def _descending(
+    key: RankKey, skims: Mapping[str, SkimResult], pids: Sequence[int], swap_in_use: int
+) -> Iterator[tuple[float, int]]:
+    """(bound, pid) from the highest bound down (equal bounds in no particular order)."""
+    if key.bound is Bound.SWAP:
+        bound = float(swap_in_use + key.slack)
+        yield from ((bound, pid) for pid in pids)
+        return
+    skimmed = skims[_SKIM_FILE[key.bound]]
+    # A process whose cheap file was malformed cannot be bounded: read it early rather
+    # than leave a possible winner out.
+    yield from ((_INFINITY, p.pid) for p in skimmed.problems if p.pid)
+    extra = float(key.slack + (swap_in_use if key.bound is Bound.MEMORY else 0))
+    values = skimmed.values
+    # The same constant is added to every value, so the values' order is the bounds'; a
+    # sort keyed by a C method is the cheapest way to it (about 1 ms for 10,000 here).
+    for pid in sorted(values, key=values.__getitem__, reverse=True):
+        yield values[pid] + extra, pid
+
+
+def scan_two_phase(
+    proc_root: str,
+    pids: Sequence[int],
+    plan: ScanPlan | None,
+    *,
+    candidate: Callable[[ProcessRecord], bool],
+    swap_in_use: int,
+    cgroups: Mapping[int, str] | None = None,
+    cmdline_limit: int = procfs.DEFAULT_CMDLINE_LIMIT,
+    deadline: float | None = None,
+    cmdlines: CmdlineReader | None = None,
+    skim: SkimFn = default_skim,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanResult:
+    """Read what ``plan`` needs of ``pids`` (every full record, largest first, when ``plan``
+    is None). ``candidate`` is the snapshot's own rule (not protected, not a kernel thread, a
+    zombie, PID 1 or us). Never raises for a process or a file."""
+    started = time.perf_counter_ns()
+    reader = _Reader(proc_root, cgroups, cmdline_limit, cmdlines, deadline)
+    problems: list[ScanProblem] = []
+    complete = True
+    keys: tuple[RankKey, ...]
+    if plan is None:
+        # Everything, but largest first, so a deadline leaves the records that matter.
+        keys = (RankKey(Bound.MEMORY, score=lambda record: record.memory_bytes),)
+        top: float = _INFINITY
+    else:
+        keys, top = plan.keys, plan.top
+    skims: dict[str, SkimResult] = {}
+    for name in sorted({_SKIM_FILE[k.bound] for k in keys if k.bound in _SKIM_FILE}):
+        result = skim(proc_root, pids, name, deadline, clock)
+        skims[name] = result
+        problems.extend(result.problems)
+        reader.vanished += result.vanished
+        complete = complete and result.complete
+    skimmed = max((len(result.values) for result in skims.values()), default=0)
+    for key in keys:
+        order = _descending(key, skims, pids, swap_in_use)
+        best: list[int] = []  # min-heap of the top eligible scores so far
+        highest: float = -_INFINITY
+        for position, (bound, pid) in enumerate(order):
+            if bound < key.floor:
+                break  # nothing unread can even be eligible
+            # Read on while something unread may still be the victim (ties at the top
+            # included: the policy's tie-breaks need their records) or may outscore the
+            # ranking's last entry. Ties with that last entry are not read: the evidence's
+            # scores are exact, which of several equal processes it names may differ.
+            victim_open = not best or bound >= highest
+            ranking_open = len(best) < top or bound > best[0]
+            if not victim_open and not ranking_open:
+                break
+            # Past the deadline, stop, but only after the first record: a late scan still
+            # hands the policy its most likely answer.
+            if position and deadline is not None and clock() > deadline:
+                complete = False
+                break
+            record = reader.get(pid)
+            if record is None or not candidate(record) or not key.eligible(record):
+                continue
+            score = key.score(record)
+            highest = max(highest, score)
+            heapq.heappush(best, score)
+            if len(best) > top:
+                heapq.heappop(best)
+    problems.extend(reader.problems)
+    return ScanResult(
+        processes=tuple(r for r in reader.records.values() if r is not None),
+        problems=tuple(problems),
+        vanished=reader.vanished,
+        complete=complete,
+        duration_ns=time.perf_counter_ns() - started,
+        skimmed=skimmed,
+    )

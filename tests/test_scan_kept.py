@@ -1,0 +1,112 @@
+"""Skim files kept open between scans: same numbers as fresh opens, bounded, and closed when
+their process leaves the scope or exits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pressured.kernel import procfs
+from pressured.scan import skim
+from pressured.scan.kept import KeptSkim
+
+
+def asleep(pid: int) -> bool:
+    try:
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(5)]
+    # Compare numbers only once each sleeper sits in nanosleep: while its loader still maps
+    # libraries its resident size changes between two reads.
+    deadline = time.monotonic() + 10
+    while not all(asleep(proc.pid) for proc in procs):
+        assert time.monotonic() < deadline, "sleepers did not settle"
+        time.sleep(0.01)
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["python-pread", "native-pread"])
+@pytest.mark.parametrize("name", ["statm", "oom_score"])
+def test_kept_fds_read_what_fresh_opens_read(
+    sleepers: list[subprocess.Popen[bytes]],
+    name: str,
+    native: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twice over (the second time on the kept fds): the numbers a fresh skim gives."""
+    if native and not skim.NATIVE_AVAILABLE:
+        pytest.skip("the optional native skim extension is not built here")
+    monkeypatch.setattr(skim, "NATIVE_AVAILABLE", native)
+    pids = [proc.pid for proc in sleepers]
+    kept = KeptSkim(name)
+    try:
+        for _ in range(2):
+            result = kept.skim("/proc", pids, name)
+            assert result.values == procfs.skim_python("/proc", pids, name).values
+        assert len(kept) == len(pids)
+    finally:
+        kept.close()
+
+
+def test_an_exited_process_is_vanished_and_its_fd_closed(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    """A kept fd of a process that exited reads ESRCH: counted vanished, fd closed."""
+    pids = [proc.pid for proc in sleepers]
+    kept = KeptSkim("oom_score")
+    try:
+        kept.skim("/proc", pids, "oom_score")
+        before = open_fds()
+        sleepers[0].kill()
+        sleepers[0].wait()
+        result = kept.skim("/proc", pids, "oom_score")
+        assert result.vanished == 1 and sleepers[0].pid not in result.values
+        assert len(kept) == len(pids) - 1 and open_fds() == before - 1
+    finally:
+        kept.close()
+
+
+def test_processes_that_left_the_scope_have_their_fds_closed(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    """A scan without a process closes its fd: nothing accumulates across scans."""
+    pids = [proc.pid for proc in sleepers]
+    baseline = open_fds()
+    kept = KeptSkim("statm")
+    kept.skim("/proc", pids, "statm")
+    assert open_fds() == baseline + len(pids)
+    kept.skim("/proc", pids[:2], "statm")
+    assert len(kept) == 2 and open_fds() == baseline + 2
+    kept.close()
+    assert open_fds() == baseline
+
+
+def test_kept_fds_are_bounded_and_the_rest_is_read_fresh(
+    sleepers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Past max_fds, processes are skimmed with a fresh open: all values, few fds."""
+    pids = [proc.pid for proc in sleepers]
+    kept = KeptSkim("statm", max_fds=2)
+    try:
+        result = kept.skim("/proc", pids, "statm")
+        assert set(result.values) == set(pids)
+        assert len(kept) == 2
+    finally:
+        kept.close()
