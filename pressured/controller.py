@@ -142,7 +142,7 @@ class Controller:
                     emit_event=self._publish_event,
                     emit_kill=self._publish_kill,
                     recent_kills=self._recent_kills,
-                    metrics=self.metrics,
+                    observer=self.metrics,
                 )
             )
         return runners

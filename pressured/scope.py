@@ -1,13 +1,20 @@
-"""One watched scope (the system or a cgroup): its triggers, its policy chain, its episodes.
+"""One watched scope (the system or a cgroup): its triggers, its events, its decisions.
 
-A pressure event goes: trigger callback -> the scope's small queue -> ``handle`` (snapshot on
-the I/O thread, chain, guard, actuator) -> kill record. After an event the scope stays in an
-*episode* for one trigger window and re-evaluates every ``recheck_interval_ms`` while the scope
-keeps thrashing. The evidence is the refault rate (pages evicted and needed again, the main
-source of memory stall: ``workingset_refault_*`` in the group's ``memory.stat`` or in
-``/proc/vmstat``), never the watched group's own pressure file: reading that at short intervals
-would starve its unprivileged triggers (DESIGN.md). A memcg at its limit reclaims page cache
-all the time without anyone stalling, so limit hits and scans are not evidence; refaults are.
+Follow one pressure event downwards through the files:
+
+1. ``monitors/psi.py``: the kernel's trigger fd fires; :class:`TriggerSet` calls back here.
+2. ``scope.py`` (this file): ``_on_trigger`` puts a :class:`PressureEvent` in the scope's small
+   queue; ``run`` takes it and opens an episode.
+3. ``episode.py``: the episode hands the event (and any recheck while the scope keeps
+   thrashing) to ``ScopeRunner.handle``.
+4. ``scope.py`` ``handle``: snapshot on an I/O thread (``snapshot.py``), the policy chain
+   (``policies/chain.py``), the guard (``guard.py``), the actuator (``actuator.py``, then the
+   reaper thread in ``reaper.py``), and the kill record goes out through the controller.
+
+Besides the triggers, a scope may run the availability monitor (``monitors/availability.py``)
+and the starvation check (``starvation.py``); both only offer events to the same queue.
+How decisions went is told to a :class:`~pressured.observe.DecisionObserver` the scope is
+given (the daemon's metrics), never looked up.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 
 from pressured.actuator import Actuator
 from pressured.config import ScopeSettings
+from pressured.episode import EpisodeRules, RefaultReading, follow_episode, read_refaults
 from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
@@ -31,11 +38,10 @@ from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
+from pressured.observe import DecisionObserver, report_decision
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.snapshot import RecentKill, Snapshot, take_snapshot
-
-if TYPE_CHECKING:
-    from pressured.ops.metrics import Metrics
+from pressured.starvation import StarvationCheck
 
 log = structlog.get_logger("pressured.scope")
 
@@ -54,30 +60,6 @@ class ScopeStats:
     fired: dict[str, int] = field(default_factory=dict)
 
 
-_REFAULT_KEYS = (
-    "workingset_refault_anon",
-    "workingset_refault_file",
-    "workingset_refault",  # kernels before 5.9 had one counter
-)
-
-
-def read_refaults(cgroup: Cgroup | None, proc_root: str) -> int:
-    """Cumulative refaults of the scope (hierarchical for a cgroup). Cheap, and touches no
-    pressure file."""
-    if cgroup is not None:
-        stat = cgroup.memory_stat()
-        # v1 memory.stat keeps the hierarchical sums under total_*; v2's are hierarchical.
-        total = sum(stat.get(f"total_{key}", 0) for key in _REFAULT_KEYS)
-        return total or sum(stat.get(key, 0) for key in _REFAULT_KEYS)
-    total = 0
-    with open(f"{proc_root}/vmstat", encoding="ascii") as handle:
-        for line in handle:
-            key, _, value = line.partition(" ")
-            if key in _REFAULT_KEYS:
-                total += int(value)
-    return total
-
-
 class ScopeRunner:
     def __init__(
         self,
@@ -94,9 +76,9 @@ class ScopeRunner:
         emit_event: Callable[[PressureEvent, str | None], Awaitable[None]],
         emit_kill: Callable[[KillRecord], Awaitable[None]],
         recent_kills: Callable[[], tuple[RecentKill, ...]],
-        metrics: Metrics | None = None,
+        observer: DecisionObserver | None = None,
     ) -> None:
-        self.metrics = metrics
+        self.observer = observer
         self.index = index
         self.settings = settings
         self.name = settings.cgroup or SYSTEM_SCOPE
@@ -200,22 +182,58 @@ class ScopeRunner:
         tasks = []
         if self.availability is not None:
             tasks.append(asyncio.create_task(self.availability.run(), name=f"avail:{self.name}"))
-        # Only unprivileged triggers can be starved by readers (privileged ones are checked by
-        # the kernel's real-time poller): with CAP_SYS_RESOURCE the check, and its one wake-up
-        # every starvation_check_s, is skipped.
-        if self.settings.starvation_check_s and self.triggers is not None and not self.privileged:
-            tasks.append(asyncio.create_task(self.watch_starvation(), name=f"starve:{self.name}"))
+        starvation = self.starvation_check()
+        if starvation is not None:
+            tasks.append(asyncio.create_task(starvation.run(), name=f"starve:{self.name}"))
         try:
             while True:
                 event = await self.queue.get()
                 self._episode += 1
-                await self._episode_loop(event)
+                await follow_episode(
+                    event,
+                    number=self._episode,
+                    rules=self.episode_rules(),
+                    queue=self.queue,
+                    handle=self.handle,
+                    refaults=self._refaults,
+                    paced=lambda: self.guard.pacing() is not None,
+                    scope=self.name,
+                )
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    def episode_rules(self) -> EpisodeRules:
+        return EpisodeRules(
+            window_s=self.episode_window_s,
+            recheck_interval_s=self.settings.recheck_interval_ms / 1000,
+            refaults_per_s=self.settings.recheck_refaults_per_s,
+        )
+
+    def starvation_check(self) -> StarvationCheck | None:
+        """The check for this scope, or None where it does not apply.
+
+        Only unprivileged triggers can be starved by readers (privileged ones are checked by
+        the kernel's real-time poller): with CAP_SYS_RESOURCE the check, and its one wake-up
+        every starvation_check_s, is skipped.
+        """
+        if not self.settings.starvation_check_s or self.triggers is None or self.privileged:
+            return None
+        return StarvationCheck(
+            scope=self.name,
+            interval_s=self.settings.starvation_check_s,
+            read_pressure=self.read_pressure,
+            armed=lambda: self.triggers.armed if self.triggers else (),
+            fired=lambda: sum(self.stats.fired.values()),
+            on_starved=self._on_starved,
+        )
+
+    def _on_starved(self, event: PressureEvent) -> None:
+        self.stats.starved += 1
+        self._offer(event)
 
     def read_pressure(self) -> psi.Pressure | None:
         # Read on the loop thread, on purpose: a pressure file is generated from in-kernel
@@ -226,93 +244,7 @@ class ScopeRunner:
         except (OSError, ValueError):
             return None
 
-    async def watch_starvation(self) -> None:
-        """Every ``starvation_check_s`` (>= 10 s, so the check itself starves nothing), see
-        whether the scope stalled past a level's ratio while no trigger fired at all. That is
-        what a frequent reader of the pressure file does to unprivileged triggers: say so
-        loudly, and act on the pressure ourselves."""
-        interval = self.settings.starvation_check_s
-        last = self.read_pressure()
-        last_fired = sum(self.stats.fired.values())
-        while True:
-            await asyncio.sleep(interval)
-            current = self.read_pressure()
-            fired = sum(self.stats.fired.values())
-            if current is not None and last is not None and fired == last_fired:
-                for armed in self.triggers.armed if self.triggers else ():
-                    now_line, then_line = (
-                        current.line(armed.effective.kind),
-                        last.line(armed.effective.kind),
-                    )
-                    if now_line is None or then_line is None:
-                        continue
-                    ratio = (now_line.total_us - then_line.total_us) / (interval * 1e6)
-                    if ratio >= armed.effective.stall_ratio:
-                        self.stats.starved += 1
-                        log.error(
-                            "trigger.starved",
-                            scope=self.name,
-                            level=armed.level,
-                            stall_ratio=round(ratio, 4),
-                            trigger_ratio=round(armed.effective.stall_ratio, 4),
-                            interval_s=interval,
-                            privileged=False,
-                            detail="stall grew past the trigger's threshold but no event came: "
-                            "something reading this pressure file often (a monitoring agent?) "
-                            "is starving unprivileged triggers; acting on it now. Grant "
-                            "CAP_SYS_RESOURCE or stop the frequent reader.",
-                        )
-                        self._offer(
-                            PressureEvent(
-                                scope=self.name,
-                                level=armed.level,
-                                source=EventSource.STARVATION,
-                                trigger=armed.effective,
-                                pressure=current,
-                                detail={"stall_ratio": ratio},
-                            )
-                        )
-                        break
-            last, last_fired = current, fired
-
-    async def _episode_loop(self, first: PressureEvent) -> None:
-        event: PressureEvent | None = first
-        window_s = self.episode_window_s
-        interval = self.settings.recheck_interval_ms / 1000
-        ends = time.monotonic() + window_s
-        baseline = await self._refaults()
-        while True:
-            if event is not None:
-                ends = time.monotonic() + window_s
-                await self.handle(event)
-                baseline = await self._refaults()
-            remaining = ends - time.monotonic()
-            if remaining <= 0:
-                log.debug("episode.ended", scope=self.name, episode=self._episode)
-                return
-            try:
-                async with asyncio.timeout(min(interval, remaining)):
-                    event = await self.queue.get()
-                continue
-            except TimeoutError:
-                event = None
-            if self.guard.pacing() is not None:
-                continue
-            current = await self._refaults()
-            if current is not None and baseline is not None:
-                rate = (current[0] - baseline[0]) / max(1e-3, current[1] - baseline[1])
-                if rate >= self.settings.recheck_refaults_per_s:
-                    event = PressureEvent(
-                        scope=self.name,
-                        level=first.level,
-                        source=EventSource.RECHECK,
-                        trigger=first.trigger,
-                        episode=self._episode,
-                        detail={"refaults_per_s": round(rate, 1)},
-                    )
-            baseline = current
-
-    async def _refaults(self) -> tuple[int, float] | None:
+    async def _refaults(self) -> RefaultReading | None:
         """(cumulative refaults, monotonic time of the reading), or None if unreadable."""
         loop = asyncio.get_running_loop()
         try:
@@ -358,14 +290,9 @@ class ScopeRunner:
         self._last_result = result
         self.stats.decisions += 1
         decision = result.decision
-        if self.metrics is not None:
-            failed = {failure.policy: failure.kind for failure in result.failures}
-            for policy, duration in result.durations_s.items():
-                self.metrics.observe_policy(policy, duration, failed.get(policy))
-            self.metrics.observe_decision(
-                self.name,
-                (decided_ns - event.monotonic_ns) / 1e9,
-                "kill" if decision.acts else "no_action",
+        if self.observer is not None:
+            report_decision(
+                self.observer, self.name, result, (decided_ns - event.monotonic_ns) / 1e9
             )
         if not decision.acts:
             log.info(
