@@ -20,7 +20,6 @@ given (the daemon's metrics), never looked up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -105,6 +104,23 @@ class ScopeRunner:
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
         self._last_result: ChainResult | None = None
+        self.decision_started: float | None = None
+        """Monotonic time the decision in progress began (snapshot, then policies), or None."""
+        self.decision_phase: str | None = None
+
+    def decision_limit_s(self, margin_s: float) -> float:
+        """How long a decision may take before it counts as stuck: every policy's own time
+        limit (the chain waits out each in turn at worst) plus ``margin_s`` for the scan."""
+        return margin_s + sum(link.timeout_s for link in self.chain.links)
+
+    def stuck_decision(self, now: float, margin_s: float) -> str | None:
+        """Why this scope's decision path is stuck, or None."""
+        started = self.decision_started
+        if started is None or now - started <= self.decision_limit_s(margin_s):
+            return None
+        return (
+            f"scope {self.name}: decision stuck in {self.decision_phase} for {now - started:.1f} s"
+        )
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:
@@ -177,34 +193,32 @@ class ScopeRunner:
         except asyncio.QueueFull:
             self.stats.dropped_events += 1
 
-    async def run(self) -> None:
-        """Wait for events forever; after each, follow the episode until it quiets down."""
-        tasks = []
+    def background(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The scope's long-lived tasks by name, for the controller to start (each one under
+        its own supervisor, so one failing never takes the others down)."""
+        tasks: dict[str, Callable[[], Awaitable[None]]] = {f"scope:{self.name}": self.run}
         if self.availability is not None:
-            tasks.append(asyncio.create_task(self.availability.run(), name=f"avail:{self.name}"))
+            tasks[f"avail:{self.name}"] = self.availability.run
         starvation = self.starvation_check()
         if starvation is not None:
-            tasks.append(asyncio.create_task(starvation.run(), name=f"starve:{self.name}"))
-        try:
-            while True:
-                event = await self.queue.get()
-                self._episode += 1
-                await follow_episode(
-                    event,
-                    number=self._episode,
-                    rules=self.episode_rules(),
-                    queue=self.queue,
-                    handle=self.handle,
-                    refaults=self._refaults,
-                    paced=lambda: self.guard.pacing() is not None,
-                    scope=self.name,
-                )
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            tasks[f"starve:{self.name}"] = starvation.run
+        return tasks
+
+    async def run(self) -> None:
+        """Wait for events forever; after each, follow the episode until it quiets down."""
+        while True:
+            event = await self.queue.get()
+            self._episode += 1
+            await follow_episode(
+                event,
+                number=self._episode,
+                rules=self.episode_rules(),
+                queue=self.queue,
+                handle=self.handle,
+                refaults=self._refaults,
+                paced=lambda: self.guard.pacing() is not None,
+                scope=self.name,
+            )
 
     def episode_rules(self) -> EpisodeRules:
         return EpisodeRules(
@@ -282,10 +296,18 @@ class ScopeRunner:
         if pacing is not None:
             self.stats.deferred += 1
             return None
-        snapshot = await self.take_snapshot(event)
-        for problem in snapshot.problems:
-            log.warning("scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem)
-        result = await self.chain.decide(snapshot, self.guard.check)
+        self.decision_started = time.monotonic()
+        try:
+            self.decision_phase = "snapshot"
+            snapshot = await self.take_snapshot(event)
+            for problem in snapshot.problems:
+                log.warning(
+                    "scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem
+                )
+            self.decision_phase = "policies"
+            result = await self.chain.decide(snapshot, self.guard.check)
+        finally:
+            self.decision_started = self.decision_phase = None
         decided_ns = time.monotonic_ns()
         self._last_result = result
         self.stats.decisions += 1

@@ -1,0 +1,190 @@
+"""Supervision: a scope task that dies is logged and restarted; the other scopes keep killing
+and the controller keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from pressured.config import Settings
+from pressured.controller import Controller
+from pressured.events import EventSource, KillRecord, PressureEvent
+from pressured.supervise import Backoff, TaskRecord, supervise
+from pressured.testing.scratch import ScratchGroup
+
+RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
+FAST = Backoff(first_s=0.05, max_s=0.2)
+
+
+@pytest.fixture
+def second_scratch(scratch: ScratchGroup) -> Iterator[ScratchGroup]:
+    """Another 64 MiB scratch cgroup beside ``scratch``."""
+    with ScratchGroup(64 << 20) as group:
+        yield group
+
+
+def two_scopes(broken: ScratchGroup, healthy: ScratchGroup) -> Settings:
+    return Settings.model_validate(
+        {
+            "daemon": {"mlockall": False},
+            "watchdog": {"enabled": False},
+            "guard": {"cooldown_ms": 0, "protect_cmdline": ["workloads sleep"]},
+            "scopes": [
+                {"cgroup": g.path, "memcg_v1": g.memcg_path, "starvation_check_s": 0}
+                for g in (broken, healthy)
+            ],
+        }
+    )
+
+
+def manual(group: ScratchGroup) -> PressureEvent:
+    return PressureEvent(scope=group.path, level="some", source=EventSource.MANUAL)
+
+
+async def next_kill(controller: Controller, pid: int, timeout_s: float = 20.0) -> KillRecord:
+    async def wait() -> KillRecord:
+        async for item in controller.events():
+            if isinstance(item, KillRecord) and item.pid == pid:
+                return item
+        raise AssertionError("event stream ended")
+
+    return await asyncio.wait_for(wait(), timeout_s)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        # The controller's own state, changed by its tasks: nothing to await from outside.
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def crash_one_scope_then_kill_in_the_other(
+    broken: ScratchGroup, healthy: ScratchGroup, victim: subprocess.Popen[bytes]
+) -> tuple[KillRecord, TaskRecord, bool]:
+    async with Controller(two_scopes(broken, healthy), backoff=FAST) as controller:
+        failing, working = controller.scopes
+        calls = 0
+
+        async def handle_that_raises(event: PressureEvent) -> KillRecord | None:
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("injected: handle failed")
+
+        failing.handle = handle_that_raises  # type: ignore[method-assign]
+        failing._offer(manual(broken))
+        record = controller.tasks[f"scope:{broken.path}"]
+        await until(lambda: record.crashes >= 1 and record.starts >= 2)
+        # The restarted task is really serving: a second event reaches it (and fails again).
+        failing._offer(manual(broken))
+        await until(lambda: calls >= 2)
+        kill = asyncio.create_task(next_kill(controller, victim.pid))
+        await asyncio.sleep(0)
+        working._offer(manual(healthy))
+        killed = await kill
+        running = controller._main is not None and not controller._main.done()
+        return killed, record, running
+
+
+@pytest.mark.kernel
+def test_a_crashing_scope_is_restarted_and_the_other_scope_keeps_killing(
+    run_async: RunAsync, scratch: ScratchGroup, second_scratch: ScratchGroup
+) -> None:
+    """A scope whose handle raises is logged (task.crashed) and restarted; the other scope
+    still kills its real victim, and the controller is still running."""
+    victim = second_scratch.spawn_workload("hog", "16")
+    with capture_logs() as logs:
+        killed, record, running = run_async(
+            crash_one_scope_then_kill_in_the_other(scratch, second_scratch, victim)
+        )
+    assert killed.pid == victim.pid
+    assert victim.wait(10) == -signal.SIGKILL
+    assert running
+    assert record.crashes >= 2 and "injected" in (record.last_error or "")
+    crashed = [line for line in logs if line["event"] == "task.crashed"]
+    assert crashed and crashed[0]["task"] == f"scope:{scratch.path}"
+    assert any(line["event"] == "task.restarted" for line in logs)
+
+
+async def threaded_child_then_kill(
+    broken: ScratchGroup, healthy: ScratchGroup, victim: subprocess.Popen[bytes]
+) -> tuple[KillRecord, bool]:
+    async with Controller(two_scopes(broken, healthy), backoff=FAST) as controller:
+        failing, working = controller.scopes
+        failing._offer(manual(broken))
+        await until(lambda: failing.stats.events >= 1 and failing.decision_started is None)
+        kill = asyncio.create_task(next_kill(controller, victim.pid))
+        await asyncio.sleep(0)
+        working._offer(manual(healthy))
+        killed = await kill
+        running = controller._main is not None and not controller._main.done()
+        return killed, running
+
+
+@pytest.mark.kernel
+def test_a_threaded_child_group_does_not_stop_the_other_scope(
+    run_async: RunAsync, scratch: ScratchGroup, second_scratch: ScratchGroup
+) -> None:
+    """A threaded child group (its cgroup.procs fails with EOPNOTSUPP) in one scope: an event
+    there does not stop the controller, and the other scope still kills its victim."""
+    domain = scratch.child("domain")
+    threaded = domain.directory / "threaded"
+    threaded.mkdir()
+    (threaded / "cgroup.type").write_text("threaded")
+    scratch.spawn_workload("sleep", group=domain)
+    victim = second_scratch.spawn_workload("hog", "16")
+    killed, running = run_async(threaded_child_then_kill(scratch, second_scratch, victim))
+    assert killed.pid == victim.pid
+    assert running
+    assert victim.wait(10) == -signal.SIGKILL
+
+
+async def fail_fast_forever(runs: int) -> TaskRecord:
+    record = TaskRecord("always-fails")
+
+    async def always_fails() -> None:
+        raise OSError("nope")
+
+    task = asyncio.create_task(
+        supervise("always-fails", always_fails, backoff=Backoff(0.01, 0.04), record=record)
+    )
+    await until(lambda: record.starts >= runs)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return record
+
+
+def test_a_task_that_fails_at_once_is_restarted_with_growing_delays(run_async: RunAsync) -> None:
+    """Each failure is counted and followed by a delay: the supervisor never spins, and
+    cancelling it ends it."""
+    record = run_async(fail_fast_forever(5))
+    assert record.crashes >= 4
+    assert record.last_error == "OSError('nope')"
+
+
+def test_zero_backoff_is_refused() -> None:
+    """A zero delay would let a failing task spin: refused when the backoff is made."""
+    with pytest.raises(ValueError, match="spin"):
+        Backoff(first_s=0)
+
+
+async def returns_once() -> TaskRecord:
+    record = TaskRecord("done")
+
+    async def finish() -> None:
+        return None
+
+    await supervise("done", finish, record=record)
+    return record
+
+
+def test_a_task_that_returns_is_not_restarted(run_async: RunAsync) -> None:
+    """Returning is a deliberate end (a monitor with nothing to watch): one start only."""
+    record = run_async(returns_once())
+    assert record.starts == 1 and record.finished and record.crashes == 0
