@@ -558,6 +558,8 @@ class Controller:
                     "events": r.stats.events,
                     "dropped_events": r.stats.dropped_events,
                     "kills": r.stats.kills,
+                    "waiting_for_group": r.waiting_for_group,
+                    "gone": r.stats.gone,
                     "decision_running_s": (
                         round(time.monotonic() - r.decision_started, 3)
                         if r.decision_started is not None

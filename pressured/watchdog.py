@@ -22,11 +22,13 @@ import structlog
 
 from pressured.actuator import identity_matches
 from pressured.config import GuardSettings, ScopeSettings
+from pressured.errors import PressuredError
 from pressured.events import SYSTEM_SCOPE, EventSource, PressureEvent
 from pressured.guard import OOM_SCORE_ADJ_NEVER, Guard
 from pressured.kernel import pidfd as pidfd_mod
 from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
+from pressured.kernel.inotify import PathWaiter
 from pressured.policies.base import Victim
 from pressured.reaper import kill_and_release
 from pressured.snapshot import take_snapshot
@@ -88,6 +90,7 @@ class Watchdog:
         self.privileged = privileged
         self.dry_run = dry_run
         self._fds: dict[int, WatchedScope] = {}
+        self._waiters: dict[int, tuple[PathWaiter, WatchedScope]] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self.stuck_detected = 0
@@ -109,6 +112,9 @@ class Watchdog:
         for fd in self._fds:
             pidfd_mod.close_quietly(fd)
         self._fds.clear()
+        for waiter, _scope in self._waiters.values():
+            waiter.close()
+        self._waiters.clear()
         pidfd_mod.close_quietly(self._wake_r)
         pidfd_mod.close_quietly(self._wake_w)
 
@@ -130,8 +136,51 @@ class Watchdog:
             if any(fd == self._wake_r for fd, _ in ready):
                 return
             for fd, mask in ready:
-                if mask & select.POLLPRI and fd in self._fds:
+                if fd in self._waiters:
+                    self._group_changed(poller, fd)
+                elif fd in self._fds and mask & (select.POLLERR | select.POLLNVAL):
+                    self._scope_gone(poller, fd)
+                elif mask & select.POLLPRI and fd in self._fds:
                     self._on_pressure(self._fds[fd])
+
+    # A removed group's trigger reports POLLPRI|POLLERR on every poll, forever: close it at
+    # once (else this thread spins) and wait, by inotify, for the group to be made again.
+    def _scope_gone(self, poller: select.poll, fd: int) -> None:
+        poller.unregister(fd)
+        scope = self._fds.pop(fd)
+        pidfd_mod.close_quietly(fd)
+        log.warning("watchdog.scope_gone", scope=scope.name, path=scope.pressure_path)
+        self._wait_for_group(poller, scope)
+
+    def _wait_for_group(self, poller: select.poll, scope: WatchedScope) -> None:
+        try:
+            waiter = PathWaiter(os.path.dirname(scope.pressure_path))
+        except OSError as exc:
+            log.error("watchdog.wait_failed", scope=scope.name, error=repr(exc))
+            return
+        self._waiters[waiter.fileno()] = (waiter, scope)
+        poller.register(waiter.fileno(), select.POLLIN)
+        self._group_changed(poller, waiter.fileno())  # it may be back already
+
+    def _group_changed(self, poller: select.poll, waiter_fd: int) -> None:
+        waiter, scope = self._waiters[waiter_fd]
+        if not waiter.check():
+            return
+        poller.unregister(waiter_fd)
+        del self._waiters[waiter_fd]
+        waiter.close()
+        try:
+            spec, _ = psi.legalize(scope.spec, privileged=self.privileged)
+            fd = psi.open_trigger(scope.pressure_path, spec)
+        except (OSError, PressuredError) as exc:
+            if not os.path.isdir(os.path.dirname(scope.pressure_path)):
+                self._wait_for_group(poller, scope)  # gone again before we could arm
+            else:
+                log.error("watchdog.rearm_failed", scope=scope.name, error=repr(exc))
+            return
+        self._fds[fd] = scope
+        poller.register(fd, select.POLLPRI)
+        log.info("watchdog.rearmed", scope=scope.name)
 
     def _on_pressure(self, scope: WatchedScope) -> None:
         self.checks += 1
