@@ -351,7 +351,9 @@ class Controller:
                 await main
         except Exception as exc:
             log.error("controller.crashed", error=repr(exc))
-        # 3. Close policies and sinks.
+        # 3. Close policies and sinks (sink calls left behind by their time limit first).
+        for task in self._abandoned:
+            task.cancel()
         for runner in self.scopes:
             await runner.chain.aclose()
         for sink in self._sinks:

@@ -4,6 +4,7 @@ and the controller keeps running."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 from collections.abc import Callable, Coroutine, Iterator
@@ -29,7 +30,7 @@ def second_scratch(scratch: ScratchGroup) -> Iterator[ScratchGroup]:
         yield group
 
 
-def two_scopes(broken: ScratchGroup, healthy: ScratchGroup) -> Settings:
+def scopes_for(*groups: ScratchGroup) -> Settings:
     return Settings.model_validate(
         {
             "daemon": {"mlockall": False},
@@ -37,7 +38,7 @@ def two_scopes(broken: ScratchGroup, healthy: ScratchGroup) -> Settings:
             "guard": {"cooldown_ms": 0, "protect_cmdline": ["workloads sleep"]},
             "scopes": [
                 {"cgroup": g.path, "memcg_v1": g.memcg_path, "starvation_check_s": 0}
-                for g in (broken, healthy)
+                for g in groups
             ],
         }
     )
@@ -67,7 +68,7 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
 async def crash_one_scope_then_kill_in_the_other(
     broken: ScratchGroup, healthy: ScratchGroup, victim: subprocess.Popen[bytes]
 ) -> tuple[KillRecord, TaskRecord, bool]:
-    async with Controller(two_scopes(broken, healthy), backoff=FAST) as controller:
+    async with Controller(scopes_for(broken, healthy), backoff=FAST) as controller:
         failing, working = controller.scopes
         calls = 0
 
@@ -114,7 +115,7 @@ def test_a_crashing_scope_is_restarted_and_the_other_scope_keeps_killing(
 async def threaded_child_then_kill(
     broken: ScratchGroup, healthy: ScratchGroup, victim: subprocess.Popen[bytes]
 ) -> tuple[KillRecord, bool]:
-    async with Controller(two_scopes(broken, healthy), backoff=FAST) as controller:
+    async with Controller(scopes_for(broken, healthy), backoff=FAST) as controller:
         failing, working = controller.scopes
         failing._offer(manual(broken))
         await until(lambda: failing.stats.events >= 1 and failing.decision_started is None)
@@ -188,3 +189,41 @@ def test_a_task_that_returns_is_not_restarted(run_async: RunAsync) -> None:
     """Returning is a deliberate end (a monitor with nothing to watch): one start only."""
     record = run_async(returns_once())
     assert record.starts == 1 and record.finished and record.crashes == 0
+
+
+class SwallowingSink:
+    """A sink that ignores cancellation and never returns from on_pressure."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def on_pressure(self, event: PressureEvent) -> None:
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+
+    async def on_kill(self, record: KillRecord) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self.release.set()
+
+
+async def handle_with_a_stuck_sink(group: ScratchGroup) -> KillRecord | None:
+    settings = scopes_for(group)
+    sink = SwallowingSink()
+    async with Controller(settings, sinks=[sink]) as controller:
+        return await asyncio.wait_for(controller.scopes[0].handle(manual(group)), 20)
+
+
+@pytest.mark.kernel
+def test_a_sink_that_swallows_cancellation_cannot_hold_the_decision(
+    run_async: RunAsync, scratch: ScratchGroup
+) -> None:
+    """The sink call is abandoned at its time limit (sink.failed) and the kill goes ahead."""
+    victim = scratch.spawn_workload("hog", "16")
+    with capture_logs() as logs:
+        record = run_async(handle_with_a_stuck_sink(scratch))
+    assert record is not None and record.pid == victim.pid
+    assert victim.wait(10) == -signal.SIGKILL
+    assert any(line["event"] == "sink.failed" for line in logs)
