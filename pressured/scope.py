@@ -51,6 +51,7 @@ from pressured.starvation import StarvationCheck
 log = structlog.get_logger("pressured.scope")
 
 QUEUE_SIZE = 8
+MAX_EVENT_AGE_MIN_S = 5.0
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 
@@ -464,6 +465,9 @@ class ScopeRunner:
         window after the thrasher). Continuing pressure is not missed: the episode's refault
         recheck sees it at once, and the trigger fires again once its windows are clean.
         """
+        waited = self._waited_too_long(event)
+        if waited is not None:
+            return waited
         if event.source is EventSource.STARVATION:
             stale_ns = int(self.settings.starvation_check_s * 1e9)
         elif event.source is EventSource.PSI and event.trigger is not None:
@@ -477,3 +481,20 @@ class ScopeRunner:
                 f"{since_kill / 1e9:.2f} s earlier (windows reach back {stale_ns / 1e9:g} s)"
             )
         return None
+
+    def _waited_too_long(self, event: PressureEvent) -> str | None:
+        """Why an event that waited too long before being handled is old news, or None.
+
+        An event waits in the queue while the scope is busy, and longer while its task is
+        restarted after a crash (seen in the fault soak: a PSI event handled 44 s late, when
+        the thrasher behind it was long gone, took a bystander). Past two trigger windows (at
+        least ``MAX_EVENT_AGE_MIN_S``) it says nothing about now; pressure that continues
+        fires the trigger again. Manual events are a caller's explicit request: never aged.
+        """
+        if event.source is EventSource.MANUAL:
+            return None
+        limit_s = max(MAX_EVENT_AGE_MIN_S, 2 * self.episode_window_s)
+        age_s = (time.monotonic_ns() - event.monotonic_ns) / 1e9
+        if age_s <= limit_s:
+            return None
+        return f"stale: waited {age_s:.1f} s to be handled (more than {limit_s:g} s)"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -227,3 +228,28 @@ def test_a_sink_that_swallows_cancellation_cannot_hold_the_decision(
     assert record is not None and record.pid == victim.pid
     assert victim.wait(10) == -signal.SIGKILL
     assert any(line["event"] == "sink.failed" for line in logs)
+
+
+async def handle_an_old_event(group: ScratchGroup) -> tuple[KillRecord | None, int]:
+    async with Controller(scopes_for(group)) as controller:
+        runner = controller.scopes[0]
+        old = PressureEvent(
+            scope=group.path,
+            level="some",
+            source=EventSource.PSI,
+            monotonic_ns=time.monotonic_ns() - 60 * 10**9,
+        )
+        record = await runner.handle(old)
+        return record, runner.stats.deferred
+
+
+@pytest.mark.kernel
+def test_an_event_that_waited_past_a_restart_is_not_acted_on(
+    run_async: RunAsync, scratch: ScratchGroup
+) -> None:
+    """An event queued a minute ago (a scope restarting after crashes) is deferred as stale:
+    the process that caused it is gone, and acting now would take a bystander."""
+    bystander = scratch.spawn_workload("hog", "16")
+    record, deferred = run_async(handle_an_old_event(scratch))
+    assert record is None and deferred == 1
+    assert bystander.poll() is None
