@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from pressured import supervision
 from pressured.actuator import Actuator, PreKillHook
 from pressured.config import Settings
 from pressured.errors import ConfigError, PressuredError
@@ -34,7 +35,6 @@ from pressured.reaper import Reaper, ThreadInfo
 from pressured.scope import ScopeRunner
 from pressured.selfprotect import lock_memory, protect_from_oom
 from pressured.snapshot import RecentKill
-from pressured.supervise import Backoff, TaskRecord, supervise
 from pressured.watchdog import Watchdog, watched_scope
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Controller:
         after_reload: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], object] | None = None,
         decision_margin_s: float = DECISION_MARGIN_S,
-        backoff: Backoff | None = None,
+        backoff: supervision.Backoff | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._reload_source = reload
@@ -81,8 +81,8 @@ class Controller:
         self._after_reload = after_reload
         self._on_stop = on_stop
         self._decision_margin_s = decision_margin_s
-        self._backoff = backoff or Backoff()
-        self.tasks: dict[str, TaskRecord] = {}
+        self._backoff = backoff or supervision.Backoff()
+        self.tasks: dict[str, supervision.TaskRecord] = {}
         """Every supervised task by name: starts, crashes, last error."""
         self._own_reaper = reaper is None
         self.reaper = reaper or self._make_reaper(self.settings)
@@ -304,9 +304,10 @@ class Controller:
     ) -> asyncio.Task[None]:
         """Start a long-lived task in the root group under a supervisor: its failure is logged
         and it is restarted, never ending the group (and with it the controller)."""
-        record = self.tasks[name] = TaskRecord(name)
+        record = self.tasks[name] = supervision.TaskRecord(name)
         return tg.create_task(
-            supervise(name, start, backoff=self._backoff, record=record), name=name
+            supervision.supervise(name, start, backoff=self._backoff, record=record),
+            name=name,
         )
 
     def _start_scope_tasks(self, tg: asyncio.TaskGroup) -> None:
@@ -351,15 +352,15 @@ class Controller:
                 await main
         except Exception as exc:
             log.error("controller.crashed", error=repr(exc))
-        # 3. Close policies and sinks (sink calls left behind by their time limit first).
-        for task in self._abandoned:
-            task.cancel()
+        # 3. Close policies and sinks.
         for runner in self.scopes:
             await runner.chain.aclose()
         for sink in self._sinks:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(SINK_TIMEOUT_S):
                     await sink.aclose()
+        for task in self._abandoned:  # sink calls left behind at their time limit
+            task.cancel()
         # 4. Stop threads (the reaper finishes any job it is in: a kill is never half-done).
         await self._release_threads()
         log.info("controller.stopped")

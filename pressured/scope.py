@@ -38,9 +38,8 @@ from pressured.episode import EpisodeRules, RefaultReading, follow_episode, read
 from pressured.errors import KernelError, PressuredError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
-from pressured.kernel import psi
+from pressured.kernel import inotify, psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
-from pressured.kernel.inotify import PathWaiter
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.observe import DecisionObserver, report_decision
@@ -111,31 +110,17 @@ class ScopeRunner:
         self.triggers: TriggerSet | None = None
         self.availability: AvailabilityMonitor | None = None
         self.stats = ScopeStats()
-        self._episode = 0
-        self.privileged = False
-        self._last_kill_done_ns = -(10**18)
-        self._last_result: ChainResult | None = None
         self.decision_started: float | None = None
         """Monotonic time the decision in progress began (snapshot, then policies), or None."""
         self.decision_phase: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: PathWaiter | None = None
+        self._waiter: inotify.PathWaiter | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay_s = RETRY_FIRST_S
-
-    def decision_limit_s(self, margin_s: float) -> float:
-        """How long a decision may take before it counts as stuck: every policy's own time
-        limit (the chain waits out each in turn at worst) plus ``margin_s`` for the scan."""
-        return margin_s + sum(link.timeout_s for link in self.chain.links)
-
-    def stuck_decision(self, now: float, margin_s: float) -> str | None:
-        """Why this scope's decision path is stuck, or None."""
-        started = self.decision_started
-        if started is None or now - started <= self.decision_limit_s(margin_s):
-            return None
-        return (
-            f"scope {self.name}: decision stuck in {self.decision_phase} for {now - started:.1f} s"
-        )
+        self._episode = 0
+        self.privileged = False
+        self._last_kill_done_ns = -(10**18)
+        self._last_result: ChainResult | None = None
 
     # -- arming ---------------------------------------------------------------------------
     def pressure_path(self) -> str:
@@ -215,7 +200,7 @@ class ScopeRunner:
         if self.group is None or self._loop is None:
             return  # the system scope's pressure file does not go away
         try:
-            waiter = PathWaiter(self.group.directory)
+            waiter = inotify.PathWaiter(self.group.directory)
         except OSError as exc:  # no fd for inotify (EMFILE): try again later
             self._retry_later(self._wait_for_group, "scope.wait_failed", exc)
             return
@@ -453,6 +438,20 @@ class ScopeRunner:
             self._last_kill_done_ns = time.monotonic_ns()
         await self._emit_kill(record)
         return record
+
+    def decision_limit_s(self, margin_s: float) -> float:
+        """How long a decision may take before it counts as stuck: every policy's own time
+        limit (the chain waits out each in turn at worst) plus ``margin_s`` for the scan."""
+        return margin_s + sum(link.timeout_s for link in self.chain.links)
+
+    def stuck_decision(self, now: float, margin_s: float) -> str | None:
+        """Why this scope's decision path is stuck, or None."""
+        started = self.decision_started
+        if started is None or now - started <= self.decision_limit_s(margin_s):
+            return None
+        return (
+            f"scope {self.name}: decision stuck in {self.decision_phase} for {now - started:.1f} s"
+        )
 
     def _stale(self, event: PressureEvent) -> str | None:
         """Why a trigger event only reports the stall a kill has already relieved, or None.

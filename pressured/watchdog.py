@@ -22,13 +22,11 @@ import structlog
 
 from pressured.actuator import identity_matches
 from pressured.config import GuardSettings, ScopeSettings
-from pressured.errors import PressuredError
 from pressured.events import SYSTEM_SCOPE, EventSource, PressureEvent
 from pressured.guard import OOM_SCORE_ADJ_NEVER, Guard
+from pressured.kernel import inotify, psi
 from pressured.kernel import pidfd as pidfd_mod
-from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
-from pressured.kernel.inotify import PathWaiter
 from pressured.policies.base import Victim
 from pressured.reaper import kill_and_release
 from pressured.snapshot import take_snapshot
@@ -90,7 +88,7 @@ class Watchdog:
         self.privileged = privileged
         self.dry_run = dry_run
         self._fds: dict[int, WatchedScope] = {}
-        self._waiters: dict[int, tuple[PathWaiter, WatchedScope]] = {}
+        self._waiters: dict[int, tuple[inotify.PathWaiter, WatchedScope]] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self.stuck_detected = 0
@@ -154,7 +152,7 @@ class Watchdog:
 
     def _wait_for_group(self, poller: select.poll, scope: WatchedScope) -> None:
         try:
-            waiter = PathWaiter(os.path.dirname(scope.pressure_path))
+            waiter = inotify.PathWaiter(os.path.dirname(scope.pressure_path))
         except OSError as exc:
             log.error("watchdog.wait_failed", scope=scope.name, error=repr(exc))
             return
@@ -172,7 +170,7 @@ class Watchdog:
         try:
             spec, _ = psi.legalize(scope.spec, privileged=self.privileged)
             fd = psi.open_trigger(scope.pressure_path, spec)
-        except (OSError, PressuredError) as exc:
+        except Exception as exc:  # a watchdog that dies protects nothing: log and carry on
             if not os.path.isdir(os.path.dirname(scope.pressure_path)):
                 self._wait_for_group(poller, scope)  # gone again before we could arm
             else:

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, KillRecord, PressureEvent
-from pressured.supervise import Backoff, TaskRecord, supervise
+from pressured.supervision import Backoff, TaskRecord, supervise
 from pressured.testing.scratch import ScratchGroup
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]

@@ -23,7 +23,7 @@ import structlog
 
 __all__ = ["Backoff", "TaskRecord", "supervise"]
 
-log = structlog.get_logger("pressured.supervise")
+log = structlog.get_logger("pressured.supervision")
 
 
 @dataclass(frozen=True, slots=True)
