@@ -12,8 +12,8 @@ Follow one pressure event downwards through the files:
    reaper thread in ``reaper.py``), and the kill record goes out through the controller.
 
 A watched group that is removed makes its triggers report EPOLLERR forever: the scope closes
-them, logs ``scope.gone`` and waits (inotify, ``kernel/inotify.py``) to arm them again when
-the group is created again (``scope.back``).
+them, logs ``scope.gone`` and waits (``monitors/presence.py``) to arm them again when the
+group is created again (``scope.back``).
 
 Besides the triggers, a scope may run the availability monitor (``monitors/availability.py``)
 and the starvation check (``starvation.py``); both only offer events to the same queue.
@@ -24,7 +24,6 @@ given (the daemon's metrics), never looked up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -35,12 +34,13 @@ import structlog
 from pressured.actuator import Actuator
 from pressured.config import ScopeSettings
 from pressured.episode import EpisodeRules, RefaultReading, follow_episode, read_refaults
-from pressured.errors import KernelError, PressuredError
+from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
-from pressured.kernel import inotify, psi
+from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.monitors.availability import AvailabilityMonitor
+from pressured.monitors.presence import GroupReturn
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.observe import DecisionObserver, report_decision
 from pressured.policies.chain import ChainResult, PolicyChain
@@ -51,8 +51,6 @@ log = structlog.get_logger("pressured.scope")
 
 QUEUE_SIZE = 8
 MAX_EVENT_AGE_MIN_S = 5.0
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 60.0
 
 
 @dataclass
@@ -114,9 +112,7 @@ class ScopeRunner:
         """Monotonic time the decision in progress began (snapshot, then policies), or None."""
         self.decision_phase: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: inotify.PathWaiter | None = None
-        self._retry: asyncio.TimerHandle | None = None
-        self._retry_delay_s = RETRY_FIRST_S
+        self._return: GroupReturn | None = None
         self._episode = 0
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
@@ -170,13 +166,15 @@ class ScopeRunner:
         if self.triggers is not None:
             self.triggers.close()
             self.triggers = None
-        self._stop_waiting()
+        if self._return is not None:
+            self._return.close()
+            self._return = None
 
     # -- a watched group that goes away and comes back -------------------------------------
     @property
     def waiting_for_group(self) -> bool:
         """True while the scope's group is gone and the scope waits for it to return."""
-        return self._waiter is not None or self._retry is not None
+        return self._return is not None and self._return.waiting
 
     def _on_gone(self, armed: ArmedTrigger) -> None:
         """The group was removed: its triggers report EPOLLERR on every poll from now on.
@@ -193,61 +191,16 @@ class ScopeRunner:
             detail="the watched cgroup was removed; its triggers are closed and are armed "
             "again as soon as it is created again",
         )
-        self._wait_for_group()
-
-    def _wait_for_group(self) -> None:
-        self._retry = None
         if self.group is None or self._loop is None:
             return  # the system scope's pressure file does not go away
-        try:
-            waiter = inotify.PathWaiter(self.group.directory)
-        except OSError as exc:  # no fd for inotify (EMFILE): try again later
-            self._retry_later(self._wait_for_group, "scope.wait_failed", exc)
-            return
-        self._waiter = waiter
-        self._loop.add_reader(waiter.fileno(), self._group_changed)
-        self._group_changed()  # it may be back already
-
-    def _group_changed(self) -> None:
-        waiter = self._waiter
-        if waiter is None or not waiter.check():
-            return
-        self._stop_waiting()
-        self._rearm()
+        self._return = GroupReturn(self._loop, self.group.directory, self._rearm, scope=self.name)
+        self._return.start()
 
     def _rearm(self) -> None:
-        self._retry = None
         assert self._loop is not None  # noqa: S101 - set by arm()
-        try:
-            self.triggers = self._open_triggers(self._loop)
-        except (OSError, PressuredError) as exc:
-            if self.group is not None and not self.group.exists():
-                self._wait_for_group()  # gone again before we could arm
-            else:
-                self._retry_later(self._rearm, "scope.rearm_failed", exc)
-            return
-        self._retry_delay_s = RETRY_FIRST_S
+        self.triggers = self._open_triggers(self._loop)
         self.stats.rearmed += 1
         log.info("scope.back", scope=self.name, triggers=len(self.triggers.armed))
-
-    def _retry_later(self, action: Callable[[], None], event: str, exc: BaseException) -> None:
-        # A failure with the group present (fd exhaustion, say) has no event to wait for:
-        # retry on a timer whose delay doubles, so it cannot spin.
-        assert self._loop is not None  # noqa: S101 - set by arm()
-        delay, self._retry_delay_s = self._retry_delay_s, min(RETRY_MAX_S, self._retry_delay_s * 2)
-        log.error(event, scope=self.name, error=repr(exc), retry_in_s=delay)
-        self._retry = self._loop.call_later(delay, action)
-
-    def _stop_waiting(self) -> None:
-        if self._waiter is not None:
-            if self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._waiter.fileno())
-            self._waiter.close()
-            self._waiter = None
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
 
     @property
     def episode_window_s(self) -> float:
