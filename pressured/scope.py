@@ -322,15 +322,9 @@ class ScopeRunner:
 
         return await loop.run_in_executor(self.io, _take)
 
-    async def handle(self, event: PressureEvent) -> KillRecord | None:
-        """Decide and act on one event. Never raises for a policy's or a victim's fault."""
-        self.stats.events += 1
-        self.stats.last_event_wall = event.wall_time
-        pacing = self.guard.pacing() or self._stale(event)
-        await self._emit_event(event, pacing)
-        if pacing is not None:
-            self.stats.deferred += 1
-            return None
+    async def _decide(self, event: PressureEvent) -> tuple[Snapshot, ChainResult]:
+        """The decision path: snapshot, then the policy chain. Timed from outside through
+        ``decision_started`` so ``/healthz`` can name a scope stuck in it."""
         self.decision_started = time.monotonic()
         try:
             self.decision_phase = "snapshot"
@@ -340,9 +334,20 @@ class ScopeRunner:
                     "scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem
                 )
             self.decision_phase = "policies"
-            result = await self.chain.decide(snapshot, self.guard.check)
+            return snapshot, await self.chain.decide(snapshot, self.guard.check)
         finally:
             self.decision_started = self.decision_phase = None
+
+    async def handle(self, event: PressureEvent) -> KillRecord | None:
+        """Decide and act on one event. Never raises for a policy's or a victim's fault."""
+        self.stats.events += 1
+        self.stats.last_event_wall = event.wall_time
+        pacing = self.guard.pacing() or self._stale(event)
+        await self._emit_event(event, pacing)
+        if pacing is not None:
+            self.stats.deferred += 1
+            return None
+        snapshot, result = await self._decide(event)
         decided_ns = time.monotonic_ns()
         self._last_result = result
         self.stats.decisions += 1
