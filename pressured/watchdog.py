@@ -88,9 +88,9 @@ class Watchdog:
         self.privileged = privileged
         self.dry_run = dry_run
         self._fds: dict[int, WatchedScope] = {}
-        self._waiters: dict[int, tuple[inotify.PathWaiter, WatchedScope]] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
+        self._waiters: dict[int, tuple[inotify.PathWaiter, WatchedScope]] = {}
         self.stuck_detected = 0
         self.kills = 0
         self.checks = 0
@@ -133,13 +133,22 @@ class Watchdog:
             ready = poller.poll()
             if any(fd == self._wake_r for fd, _ in ready):
                 return
+            ready = self._presence(poller, ready)
             for fd, mask in ready:
-                if fd in self._waiters:
-                    self._group_changed(poller, fd)
-                elif fd in self._fds and mask & (select.POLLERR | select.POLLNVAL):
-                    self._scope_gone(poller, fd)
-                elif mask & select.POLLPRI and fd in self._fds:
+                if mask & select.POLLPRI and fd in self._fds:
                     self._on_pressure(self._fds[fd])
+
+    def _presence(self, poller: select.poll, ready: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Handle groups gone (POLLERR) and back (a waiter readable); the rest of ``ready``."""
+        rest = []
+        for fd, mask in ready:
+            if fd in self._waiters:
+                self._group_changed(poller, fd)
+            elif fd in self._fds and mask & (select.POLLERR | select.POLLNVAL):
+                self._scope_gone(poller, fd)
+            else:
+                rest.append((fd, mask))
+        return rest
 
     # A removed group's trigger reports POLLPRI|POLLERR on every poll, forever: close it at
     # once (else this thread spins) and wait, by inotify, for the group to be made again.
