@@ -116,28 +116,6 @@ class Watchdog:
         pidfd_mod.close_quietly(self._wake_r)
         pidfd_mod.close_quietly(self._wake_w)
 
-    def loop_answers(self, timeout_s: float) -> bool:
-        answered = threading.Event()
-        try:
-            self.loop.call_soon_threadsafe(answered.set)
-        except RuntimeError:
-            return True  # the loop is closed: we are shutting down, nothing is stuck
-        return answered.wait(timeout_s)
-
-    def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        for fd in self._fds:
-            poller.register(fd, select.POLLPRI)
-        while True:
-            ready = poller.poll()
-            if any(fd == self._wake_r for fd, _ in ready):
-                return
-            ready = self._presence(poller, ready)
-            for fd, mask in ready:
-                if mask & select.POLLPRI and fd in self._fds:
-                    self._on_pressure(self._fds[fd])
-
     def _presence(self, poller: select.poll, ready: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Handle groups gone (POLLERR) and back (a waiter readable); the rest of ``ready``."""
         rest = []
@@ -188,6 +166,28 @@ class Watchdog:
         self._fds[fd] = scope
         poller.register(fd, select.POLLPRI)
         log.info("watchdog.rearmed", scope=scope.name)
+
+    def loop_answers(self, timeout_s: float) -> bool:
+        answered = threading.Event()
+        try:
+            self.loop.call_soon_threadsafe(answered.set)
+        except RuntimeError:
+            return True  # the loop is closed: we are shutting down, nothing is stuck
+        return answered.wait(timeout_s)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        for fd in self._fds:
+            poller.register(fd, select.POLLPRI)
+        while True:
+            ready = poller.poll()
+            if any(fd == self._wake_r for fd, _ in ready):
+                return
+            ready = self._presence(poller, ready)
+            for fd, mask in ready:
+                if mask & select.POLLPRI and fd in self._fds:
+                    self._on_pressure(self._fds[fd])
 
     def _on_pressure(self, scope: WatchedScope) -> None:
         self.checks += 1
