@@ -310,6 +310,14 @@ class Controller:
             name=name,
         )
 
+    def spawn(self, name: str, start: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-lived task of the caller's (the daemon's sd_notify ping, say) in the
+        controller's root task group, supervised like the controller's own: a failure is
+        logged and the task restarted, and it ends when the controller stops."""
+        if self._tg is None:
+            raise RuntimeError("the controller is not running: start() it first")
+        self._supervised(self._tg, name, start)
+
     def _start_scope_tasks(self, tg: asyncio.TaskGroup) -> None:
         self._scope_tasks = [
             self._supervised(tg, name, start)

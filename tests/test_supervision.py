@@ -253,3 +253,28 @@ def test_an_event_that_waited_past_a_restart_is_not_acted_on(
     record, deferred = run_async(handle_an_old_event(scratch))
     assert record is None and deferred == 1
     assert bystander.poll() is None
+
+
+async def spawn_a_failing_task(group: ScratchGroup) -> tuple[int, bool]:
+    async with Controller(scopes_for(group), backoff=FAST) as controller:
+        runs = 0
+
+        async def ping() -> None:
+            nonlocal runs
+            runs += 1
+            raise ConnectionRefusedError("notify socket gone")
+
+        controller.spawn("sdnotify", ping)
+        await until(lambda: runs >= 2)
+        running = controller._main is not None and not controller._main.done()
+        return controller.tasks["sdnotify"].crashes, running
+
+
+@pytest.mark.kernel
+def test_a_spawned_task_that_fails_is_restarted_and_the_controller_runs_on(
+    run_async: RunAsync, scratch: ScratchGroup
+) -> None:
+    """A daemon task run through Controller.spawn (the sd_notify ping) is supervised: its
+    failures are counted and it runs again, and the controller keeps running."""
+    crashes, running = run_async(spawn_a_failing_task(scratch))
+    assert crashes >= 1 and running
