@@ -25,7 +25,8 @@ enabled) is injected, and checked:
   in ``benchmarks/soak_daemon.py``: this kernel cannot make one on demand), during the next
   episode;
 - ``biggroup``: a child group of 2,000 processes and a thrasher, in a third scope whose policy
-  kills whole groups: the group must die, and the daemon's fds come back;
+  kills whole groups, with the daemon started under a 1,024-fd soft limit (systemd's
+  default): the group must die, and the daemon's fds come back;
 - ``sighup``: a storm of SIGHUPs; the daemon reloads and keeps running;
 - ``idle-http``: 32 idle connections held on the metrics port while ``/healthz`` must still
   answer 200.
@@ -54,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import sigterm_as_interrupt
-from benchmarks.soak_daemon import STUCK_DIR_ENV
+from benchmarks.soak_daemon import NOFILE_ENV, STUCK_DIR_ENV
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, PressureEvent
@@ -67,6 +68,7 @@ EPISODE_GAP_S = 3.0
 FAULT_CHANCE = 0.5
 CROWD = 2000
 IDLE_CONNECTIONS = 32
+NOFILE_SOFT = 1024
 
 FAULTS = ("regroup", "threaded", "stuck", "biggroup", "sighup", "idle-http")
 NEEDS = {
@@ -204,6 +206,7 @@ class FaultTally:
     injected: int = 0
     passed: int = 0
     failures: list[str] = field(default_factory=list)
+    context: list[list[str]] = field(default_factory=list)
 
 
 class FaultFailed(Exception):
@@ -248,6 +251,8 @@ class SoakRun:
     def start_daemon(self) -> Daemon:
         # The seam is installed only when the "stuck" fault may use it.
         env = {STUCK_DIR_ENV: str(self.stuck_dir)} if "stuck" in self.faults else {}
+        if "biggroup" in self.faults:
+            env[NOFILE_ENV] = str(NOFILE_SOFT)
         daemon = Daemon(self.config, env=env)
         daemon.argv[1:3] = ["-m", "benchmarks.soak_daemon"]
         daemon.__enter__()
@@ -339,11 +344,15 @@ class SoakRun:
         tally = self.tally[name]
         tally.injected += 1
         action: Callable[[], None] = getattr(self, "fault_" + name.replace("-", "_"))
+        mark = self.daemon.mark()
         try:
             action()
         except (FaultFailed, TimeoutError, RuntimeError, OSError) as exc:
-            tally.failures.append(f"{type(exc).__name__}: {exc}"[:300])
-            print(f"fault {name}: FAILED ({exc})"[:300], flush=True)
+            error = f"{type(exc).__name__}: {exc}"
+            tally.failures.append(error[:300])
+            # The daemon's side of it: every line logged while the fault ran, in short.
+            tally.context.append([_brief(line) for line in self.daemon.lines[mark:]][-60:])
+            print(f"fault {name}: FAILED ({error})"[:300], flush=True)
             return
         tally.passed += 1
         print(f"fault {name}: ok", flush=True)
@@ -548,11 +557,21 @@ class SoakRun:
                     "injected": t.injected,
                     "passed": t.passed,
                     "failures": t.failures,
+                    "failure_logs": t.context,
                     **({"needs": NEEDS[name]} if name in NEEDS else {}),
                 }
                 for name, t in self.tally.items()
             },
         }
+
+
+_BRIEF_KEYS = ("scope", "level", "source", "pid", "cgroup", "target", "reason", "error", "task")
+
+
+def _brief(line: LogLine) -> str:
+    """One log line in short: its time, event and the fields that say what happened."""
+    fields = " ".join(f"{key}={line[key]}" for key in _BRIEF_KEYS if line.get(key) is not None)
+    return f"{str(line.get('timestamp', ''))[11:23]} {line.get('event')} {fields}"[:240]
 
 
 def _ts(line: dict[str, Any]) -> float:

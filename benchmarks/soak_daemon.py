@@ -1,4 +1,5 @@
-"""``pressured run`` with the soak's one seam: command-line reads that hang (the "stuck" fault).
+"""``pressured run`` with the soak's one seam (command-line reads that hang: the "stuck" fault)
+and, when asked, the 1,024-fd soft limit a service manager usually starts a daemon with.
 
     python3 -m benchmarks.soak_daemon run --config ...     # what benchmarks/soak.py starts
 
@@ -14,10 +15,12 @@ would block. Nothing else changes: this is the daemon the soak measures.
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 
 STUCK_DIR_ENV = "PRESSURED_SOAK_STUCK_DIR"
+NOFILE_ENV = "PRESSURED_SOAK_NOFILE"
 RECHECK_S = 0.05
 
 
@@ -39,6 +42,12 @@ def install_stuck_reads(stuck_dir: str) -> None:
 
 
 def main() -> int:
+    nofile = os.environ.get(NOFILE_ENV)
+    if nofile:
+        # Start where a service manager usually starts us (systemd: 1,024 soft), so the
+        # 2,000-member group fault meets the limit a daemon meets in the field.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(nofile), hard), hard))
     stuck_dir = os.environ.get(STUCK_DIR_ENV)
     if stuck_dir:
         install_stuck_reads(stuck_dir)
