@@ -362,7 +362,7 @@ class Controller:
             log.error("controller.crashed", error=repr(exc))
         # 3. Close policies and sinks.
         for runner in self.scopes:
-            await runner.chain.aclose()
+            await runner.aclose()
         for sink in self._sinks:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(SINK_TIMEOUT_S):
@@ -448,7 +448,7 @@ class Controller:
         for name in [name for name in self.tasks if name != "signals"]:
             del self.tasks[name]
         for runner in old_runners:
-            await runner.chain.aclose()
+            await runner.aclose()  # a replaced scope keeps no fd, thread or task
         self.settings = new
         self.scopes = runners
         self._stop_watchdog()

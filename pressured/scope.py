@@ -170,6 +170,12 @@ class ScopeRunner:
             self._return.close()
             self._return = None
 
+    async def aclose(self) -> None:
+        """Retire the scope (stop, or replaced by a reload): every resource it holds goes
+        with it, so reloads cannot pile up fds or threads."""
+        self.disarm()
+        await self.chain.aclose()
+
     # -- a watched group that goes away and comes back -------------------------------------
     @property
     def waiting_for_group(self) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -278,3 +280,26 @@ def test_a_spawned_task_that_fails_is_restarted_and_the_controller_runs_on(
     failures are counted and it runs again, and the controller keeps running."""
     crashes, running = run_async(spawn_a_failing_task(scratch))
     assert crashes >= 1 and running
+
+
+def own_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def reload_many(group: ScratchGroup, times: int) -> tuple[int, int, int, int]:
+    settings = scopes_for(group)
+    async with Controller(settings, reload=lambda: settings) as controller:
+        assert await controller.reload()  # the first reload's one-time costs out of the way
+        threads, fds = threading.active_count(), own_fds()
+        for _ in range(times):
+            assert await controller.reload()
+        return threads, threading.active_count(), fds, own_fds()
+
+
+@pytest.mark.kernel
+def test_reloads_leave_no_threads_or_fds_behind(run_async: RunAsync, scratch: ScratchGroup) -> None:
+    """Twenty reloads (a SIGHUP storm): every replaced scope is closed, so the threads and
+    fds after are those before."""
+    threads_before, threads_after, fds_before, fds_after = run_async(reload_many(scratch, 20))
+    assert threads_after == threads_before
+    assert fds_after == fds_before
