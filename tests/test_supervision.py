@@ -293,13 +293,17 @@ async def reload_many(group: ScratchGroup, times: int) -> tuple[int, int, int, i
         threads, fds = threading.active_count(), own_fds()
         for _ in range(times):
             assert await controller.reload()
+        # A retired scope's idle worker threads exit on their own, soon after: wait for them
+        # (a leak never gets there, and the wait ends with the counts as they are).
+        with contextlib.suppress(TimeoutError):
+            await until(lambda: threading.active_count() <= threads, 5.0)
         return threads, threading.active_count(), fds, own_fds()
 
 
 @pytest.mark.kernel
 def test_reloads_leave_no_threads_or_fds_behind(run_async: RunAsync, scratch: ScratchGroup) -> None:
     """Twenty reloads (a SIGHUP storm): every replaced scope is closed, so the threads and
-    fds after are those before."""
+    fds after are no more than before."""
     threads_before, threads_after, fds_before, fds_after = run_async(reload_many(scratch, 20))
-    assert threads_after == threads_before
-    assert fds_after == fds_before
+    assert threads_after <= threads_before
+    assert fds_after <= fds_before
