@@ -120,12 +120,18 @@ class Watchdog:
         """Handle groups gone (POLLERR) and back (a waiter readable); the rest of ``ready``."""
         rest = []
         for fd, mask in ready:
-            if fd in self._waiters:
-                self._group_changed(poller, fd)
-            elif fd in self._fds and mask & (select.POLLERR | select.POLLNVAL):
-                self._scope_gone(poller, fd)
-            else:
-                rest.append((fd, mask))
+            try:
+                if fd in self._waiters:
+                    self._group_changed(poller, fd)
+                elif fd in self._fds and mask & (select.POLLERR | select.POLLNVAL):
+                    self._scope_gone(poller, fd)
+                else:
+                    rest.append((fd, mask))
+            except Exception as exc:  # this thread must not die: say so and carry on
+                log.error("watchdog.presence_failed", fd=fd, error=repr(exc))
+                if fd in self._waiters:  # a waiter that fails would stay readable: drop it
+                    poller.unregister(fd)
+                    self._waiters.pop(fd)[0].close()
         return rest
 
     # A removed group's trigger reports POLLPRI|POLLERR on every poll, forever: close it at
