@@ -530,11 +530,8 @@ class SoakRun:
             if line.get("event", "").startswith(("watchdog.killed", "victim."))
             and line.get("event") != "victim.killed"
         ]
-        decisions = [
-            float(line["event_to_decision_ms"])
-            for line in kills
-            if isinstance(line.get("event_to_decision_ms"), int | float)
-        ]
+        timed = [ln for ln in kills if isinstance(ln.get("event_to_decision_ms"), int | float)]
+        slowest = max(timed, key=lambda line: float(line["event_to_decision_ms"]), default=None)
         return {
             "episodes": self.episodes,
             "relieved": self.relieved,
@@ -549,7 +546,12 @@ class SoakRun:
             "daemon_exit_code": code,
             "task_crashes": sum(1 for line in lines if line.get("event") == "task.crashed"),
             "other_kill_lines": other_kills,
-            "longest_event_to_decision_ms": round(max(decisions), 3) if decisions else None,
+            "longest_event_to_decision_ms": (
+                round(float(slowest["event_to_decision_ms"]), 3) if slowest else None
+            ),
+            "longest_event_to_decision_of": (
+                f"{slowest.get('scope')}: {slowest.get('target')}" if slowest else None
+            ),
             "pressure_event_to_signal_ms": summarize(self.reactions),
             "signal_to_exit_ms": summarize(self.exits),
             "fault_results": {
