@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from pressured import supervision
 from pressured.actuator import Actuator, PreKillHook
 from pressured.config import Settings
 from pressured.deathwatch import DeathWatch
@@ -47,6 +48,9 @@ log = structlog.get_logger("pressured.controller")
 RECENT_KILLS = 32
 SUBSCRIBER_QUEUE = 256
 SINK_TIMEOUT_S = 2.0
+DECISION_MARGIN_S = 10.0
+"""Beyond the policies' own time limits, how long a scope's decision (mostly its scan) may
+take before ``health()`` calls its decision path stuck."""
 
 ControllerEvent = PressureEvent | KillRecord
 
@@ -67,6 +71,8 @@ class Controller:
         pre_kill: PreKillHook | None = None,
         after_reload: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], object] | None = None,
+        decision_margin_s: float = DECISION_MARGIN_S,
+        backoff: supervision.Backoff | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._reload_source = reload
@@ -77,6 +83,10 @@ class Controller:
         self._pre_kill = pre_kill
         self._after_reload = after_reload
         self._on_stop = on_stop
+        self._decision_margin_s = decision_margin_s
+        self._backoff = backoff or supervision.Backoff()
+        self.tasks: dict[str, supervision.TaskRecord] = {}
+        """Every supervised task by name: starts, crashes, last error."""
         self._own_reaper = reaper is None
         self.reaper = reaper or self._make_reaper(self.settings)
         # Kill history and dying victims outlive any one configuration (SIGHUP) and are
@@ -91,6 +101,7 @@ class Controller:
         self.watchdog: Watchdog | None = None
         self._io: ThreadPoolExecutor | None = None
         self._subscribers: list[asyncio.Queue[ControllerEvent]] = []
+        self._abandoned: set[asyncio.Future[None]] = set()
         self._main: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._scope_tasks: list[asyncio.Task[None]] = []
@@ -158,7 +169,7 @@ class Controller:
                     emit_event=self._publish_event,
                     emit_kill=self._publish_kill,
                     recent_kills=self._recent_kills,
-                    metrics=self.metrics,
+                    observer=self.metrics,
                 )
             )
         return runners
@@ -297,7 +308,7 @@ class Controller:
                 self._tg = tg
                 if self._handle_signals:
                     self._install_signals()
-                    tg.create_task(self._signal_receiver(), name="signals")
+                    self._supervised(tg, "signals", self._signal_receiver)
                 self._start_scope_tasks(tg)
                 self._ready.set()
                 await self._stopping.wait()
@@ -311,9 +322,30 @@ class Controller:
             self._tg = None
             self._remove_signals()
 
+    def _supervised(
+        self, tg: asyncio.TaskGroup, name: str, start: Callable[[], Awaitable[None]]
+    ) -> asyncio.Task[None]:
+        """Start a long-lived task in the root group under a supervisor: its failure is logged
+        and it is restarted, never ending the group (and with it the controller)."""
+        record = self.tasks[name] = supervision.TaskRecord(name)
+        return tg.create_task(
+            supervision.supervise(name, start, backoff=self._backoff, record=record),
+            name=name,
+        )
+
+    def spawn(self, name: str, start: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-lived task of the caller's (the daemon's sd_notify ping, say) in the
+        controller's root task group, supervised like the controller's own: a failure is
+        logged and the task restarted, and it ends when the controller stops."""
+        if self._tg is None:
+            raise RuntimeError("the controller is not running: start() it first")
+        self._supervised(self._tg, name, start)
+
     def _start_scope_tasks(self, tg: asyncio.TaskGroup) -> None:
         self._scope_tasks = [
-            tg.create_task(runner.run(), name=f"scope:{runner.name}") for runner in self.scopes
+            self._supervised(tg, name, start)
+            for runner in self.scopes
+            for name, start in runner.background().items()
         ]
 
     async def serve(self) -> None:
@@ -354,11 +386,13 @@ class Controller:
         await self.deaths.aclose()
         # 3. Close policies and sinks.
         for runner in self.scopes:
-            await runner.chain.aclose()
+            await runner.aclose()
         for sink in self._sinks:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(SINK_TIMEOUT_S):
                     await sink.aclose()
+        for task in self._abandoned:  # sink calls left behind at their time limit
+            task.cancel()
         # 4. Stop threads (the reaper finishes any job it is in: a kill is never half-done).
         await self._release_threads()
         log.info("controller.stopped")
@@ -387,7 +421,7 @@ class Controller:
         """Record decision timings in ``metrics`` from now on (also after a reload)."""
         self.metrics = metrics
         for runner in self.scopes:
-            runner.metrics = metrics
+            runner.observer = metrics
 
     # -- signals --------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -433,17 +467,23 @@ class Controller:
             except BaseException:
                 self._arm(self.scopes)  # put the old triggers back
                 raise
-        except (PressuredError, OSError) as exc:
-            log.error("config.reload_failed", error=str(exc), detail="kept the running config")
+        except Exception as exc:
+            # A plugin's constructor may raise anything; none of it may end the daemon.
+            error = str(exc) if isinstance(exc, PressuredError | OSError) else repr(exc)
+            log.error("config.reload_failed", error=error, detail="kept the running config")
             return False
         old_tasks, old_runners = self._scope_tasks, self.scopes
         for task in old_tasks:
             task.cancel()
         for task in old_tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # Supervised tasks end only by cancellation; anything else they raised was
+            # already logged by their supervisor and must not end the reload.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for name in [name for name in self.tasks if name != "signals"]:
+            del self.tasks[name]
         for runner in old_runners:
-            await runner.chain.aclose()
+            await runner.aclose()  # a replaced scope keeps no fd, thread or task
         self.settings = new
         self.scopes = runners
         self._stop_watchdog()
@@ -477,11 +517,37 @@ class Controller:
 
     async def _call_sinks(self, method: str, item: ControllerEvent) -> None:
         for sink in self._sinks:
-            try:
-                async with asyncio.timeout(SINK_TIMEOUT_S):
-                    await getattr(sink, method)(item)
-            except Exception as exc:
-                log.warning("sink.failed", sink=type(sink).__name__, error=repr(exc))
+            error = await self._call_sink(getattr(sink, method), item)
+            if error is not None:
+                log.warning("sink.failed", sink=type(sink).__name__, error=error)
+
+    async def _call_sink(
+        self, call: Callable[[Any], Awaitable[None]], item: ControllerEvent
+    ) -> str | None:
+        """Run one sink call in its own task, time-limited; what went wrong, or None.
+
+        Its own task, so that a sink which swallows cancellation cannot hold the scope (and
+        its decision path) past the limit: on timeout the task is cancelled and left behind,
+        referenced until it ends, as the policy chain does with a stuck policy.
+        """
+        try:
+            task = asyncio.ensure_future(call(item))
+        except Exception as exc:
+            return repr(exc)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=SINK_TIMEOUT_S)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+            return f"no answer in {SINK_TIMEOUT_S:g} s"
+        if task.cancelled():
+            return "cancelled itself"
+        failure = task.exception()
+        return None if failure is None else repr(failure)
 
     async def _publish_event(self, event: PressureEvent, deferred: str | None = None) -> None:
         # A deferred event (kill in flight, cooldown, rate limit) is logged at debug level: in
@@ -545,16 +611,40 @@ class Controller:
                     "events": r.stats.events,
                     "dropped_events": r.stats.dropped_events,
                     "kills": r.stats.kills,
+                    "waiting_for_group": r.waiting_for_group,
+                    "gone": r.stats.gone,
+                    "decision_running_s": (
+                        round(time.monotonic() - r.decision_started, 3)
+                        if r.decision_started is not None
+                        else None
+                    ),
                 }
                 for r in self.scopes
             ],
+            "tasks": {
+                name: {"starts": t.starts, "crashes": t.crashes, "last_error": t.last_error}
+                for name, t in self.tasks.items()
+            },
             "last_kills": [record.to_dict() for record in list(self.recent)[-10:]],
         }
 
+    def stuck_decisions(self) -> list[str]:
+        """One line per scope whose decision (scan, then policies) has run past its limit."""
+        now = time.monotonic()
+        return [
+            reason
+            for runner in self.scopes
+            if (reason := runner.stuck_decision(now, self._decision_margin_s)) is not None
+        ]
+
     async def health(self) -> tuple[bool, str]:
-        """Healthy when the loop answers (we are running on it) and the reaper thread does."""
+        """Healthy when the loop answers (we are running on it), no scope's decision path is
+        stuck, and the reaper thread answers."""
         if self._main is None or self._main.done():
             return False, "controller not running"
+        stuck = self.stuck_decisions()
+        if stuck:
+            return False, "; ".join(stuck)
         if not await self.reaper.ping(1.0):
             return False, "reaper thread does not answer"
         return True, "ok"

@@ -1,30 +1,40 @@
-"""One watched scope (the system or a cgroup): its triggers, its policy chain, its episodes.
+"""One watched scope (the system or a cgroup): its triggers, its events, its decisions.
 
-A pressure event goes: trigger callback -> the scope's small queue -> ``handle`` (snapshot on
-the I/O thread, chain, guard, actuator) -> kill record. After an event the scope stays in an
-*episode* for one trigger window and re-evaluates every ``recheck_interval_ms`` while the scope
-keeps thrashing. The evidence is the refault rate (pages evicted and needed again, the main
-source of memory stall: ``workingset_refault_*`` in the group's ``memory.stat`` or in
-``/proc/vmstat``), never the watched group's own pressure file: reading that at short intervals
-would starve its unprivileged triggers (DESIGN.md). A memcg at its limit reclaims page cache
-all the time without anyone stalling, so limit hits and scans are not evidence; refaults are.
+Follow one pressure event downwards through the files:
+
+1. ``monitors/psi.py``: the kernel's trigger fd fires; :class:`TriggerSet` calls back here.
+2. ``scope.py`` (this file): ``_on_trigger`` puts a :class:`PressureEvent` in the scope's small
+   queue; ``run`` takes it and opens an episode.
+3. ``episode.py``: the episode hands the event (and any recheck while the scope keeps
+   thrashing) to ``ScopeRunner.handle``.
+4. ``scope.py`` ``handle``: snapshot on an I/O thread (``snapshot.py``), the policy chain
+   (``policies/chain.py``), the guard (``guard.py``), the actuator (``actuator.py``, then the
+   reaper thread in ``reaper.py``), and the kill record goes out through the controller.
+
+A watched group that is removed makes its triggers report EPOLLERR forever: the scope closes
+them, logs ``scope.gone`` and waits (``monitors/presence.py``) to arm them again when the
+group is created again (``scope.back``).
+
+Besides the triggers, a scope may run the availability monitor (``monitors/availability.py``)
+and the starvation check (``starvation.py``); both only offer events to the same queue.
+How decisions went is told to a :class:`~pressured.observe.DecisionObserver` the scope is
+given (the daemon's metrics), never looked up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 
 from pressured.actuator import Actuator
 from pressured.config import ScopeSettings
+from pressured.episode import EpisodeRules, RefaultReading, follow_episode, read_refaults
 from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
 from pressured.guard import Guard
@@ -33,20 +43,21 @@ from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.monitors.availability import AvailabilityMonitor
+from pressured.monitors.presence import GroupReturn
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
+from pressured.observe import DecisionObserver, report_decision
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
 from pressured.scan.kept import KeptSkims, prewarm_scope
 from pressured.scan.plan import plan_for
 from pressured.scan.stages import StageClock
 from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
-
-if TYPE_CHECKING:
-    from pressured.ops.metrics import Metrics
+from pressured.starvation import StarvationCheck
 
 log = structlog.get_logger("pressured.scope")
 
 QUEUE_SIZE = 8
+MAX_EVENT_AGE_MIN_S = 5.0
 
 
 @dataclass
@@ -57,32 +68,10 @@ class ScopeStats:
     kills: int = 0
     deferred: int = 0
     starved: int = 0
+    gone: int = 0
+    rearmed: int = 0
     last_event_wall: float | None = None
     fired: dict[str, int] = field(default_factory=dict)
-
-
-_REFAULT_KEYS = (
-    "workingset_refault_anon",
-    "workingset_refault_file",
-    "workingset_refault",  # kernels before 5.9 had one counter
-)
-
-
-def read_refaults(cgroup: Cgroup | None, proc_root: str) -> int:
-    """Cumulative refaults of the scope (hierarchical for a cgroup). Cheap, and touches no
-    pressure file."""
-    if cgroup is not None:
-        stat = cgroup.memory_stat()
-        # v1 memory.stat keeps the hierarchical sums under total_*; v2's are hierarchical.
-        total = sum(stat.get(f"total_{key}", 0) for key in _REFAULT_KEYS)
-        return total or sum(stat.get(key, 0) for key in _REFAULT_KEYS)
-    total = 0
-    with open(f"{proc_root}/vmstat", encoding="ascii") as handle:
-        for line in handle:
-            key, _, value = line.partition(" ")
-            if key in _REFAULT_KEYS:
-                total += int(value)
-    return total
 
 
 class ScopeRunner:
@@ -101,9 +90,9 @@ class ScopeRunner:
         emit_event: Callable[[PressureEvent, str | None], Awaitable[None]],
         emit_kill: Callable[[KillRecord], Awaitable[None]],
         recent_kills: Callable[[], tuple[RecentKill, ...]],
-        metrics: Metrics | None = None,
+        observer: DecisionObserver | None = None,
     ) -> None:
-        self.metrics = metrics
+        self.observer = observer
         self.index = index
         self.settings = settings
         self.name = settings.cgroup or SYSTEM_SCOPE
@@ -129,6 +118,11 @@ class ScopeRunner:
         self.triggers: TriggerSet | None = None
         self.availability: AvailabilityMonitor | None = None
         self.stats = ScopeStats()
+        self.decision_started: float | None = None
+        """Monotonic time the decision in progress began (snapshot, then policies), or None."""
+        self.decision_phase: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._return: GroupReturn | None = None
         self._episode = 0
         self.privileged = False
         self._last_kill_done_ns = -(10**18)
@@ -156,11 +150,25 @@ class ScopeRunner:
     def arm(self, loop: asyncio.AbstractEventLoop, *, privileged: bool) -> tuple[ArmedTrigger, ...]:
         """Open every level's trigger. Raises TriggerError/TriggerSpecError before any is kept."""
         self.privileged = privileged
-        triggers = TriggerSet(loop, self._on_trigger)
+        self._loop = loop
+        self.triggers = self._open_triggers(loop)
+        if self.settings.availability.enabled:
+            self.availability = AvailabilityMonitor(
+                self.settings.availability,
+                scope=self.name,
+                group=self.group,
+                proc_root=self.proc_root,
+                io_executor=self.io,
+                on_low=self._offer,
+            )
+        return self.triggers.armed
+
+    def _open_triggers(self, loop: asyncio.AbstractEventLoop) -> TriggerSet:
+        triggers = TriggerSet(loop, self._on_trigger, self._on_gone)
         try:
             for level in self.settings.levels:
                 armed = triggers.arm(
-                    level.name, self.pressure_path(), level.trigger(), privileged=privileged
+                    level.name, self.pressure_path(), level.trigger(), privileged=self.privileged
                 )
                 if armed.adjustment is not None:
                     log.warning(
@@ -175,22 +183,57 @@ class ScopeRunner:
         except BaseException:
             triggers.close()
             raise
-        self.triggers = triggers
-        if self.settings.availability.enabled:
-            self.availability = AvailabilityMonitor(
-                self.settings.availability,
-                scope=self.name,
-                group=self.group,
-                proc_root=self.proc_root,
-                io_executor=self.io,
-                on_low=self._offer,
-            )
-        return triggers.armed
+        return triggers
 
     def disarm(self) -> None:
         if self.triggers is not None:
             self.triggers.close()
             self.triggers = None
+        if self._return is not None:
+            self._return.close()
+            self._return = None
+
+    async def aclose(self) -> None:
+        """Retire the scope (stop, or replaced by a reload): every resource it holds goes
+        with it, so reloads cannot pile up fds or threads."""
+        self.disarm()
+        # The skim files kept open between events (up to one fd per process in scope) and
+        # the command-line reader's idle thread belong to this runner alone.
+        self.kept_skims.close()
+        self.cmdlines.close()
+        await self.chain.aclose()
+
+    # -- a watched group that goes away and comes back -------------------------------------
+    @property
+    def waiting_for_group(self) -> bool:
+        """True while the scope's group is gone and the scope waits for it to return."""
+        return self._return is not None and self._return.waiting
+
+    def _on_gone(self, armed: ArmedTrigger) -> None:
+        """The group was removed: its triggers report EPOLLERR on every poll from now on.
+        Close them all at once (no flood of events, no spinning) and wait for the group."""
+        if self.triggers is None:
+            return
+        self.triggers.close()
+        self.triggers = None
+        self.stats.gone += 1
+        log.warning(
+            "scope.gone",
+            scope=self.name,
+            path=armed.path,
+            detail="the watched cgroup was removed; its triggers are closed and are armed "
+            "again as soon as it is created again",
+        )
+        if self.group is None or self._loop is None:
+            return  # the system scope's pressure file does not go away
+        self._return = GroupReturn(self._loop, self.group.directory, self._rearm, scope=self.name)
+        self._return.start()
+
+    def _rearm(self) -> None:
+        assert self._loop is not None  # noqa: S101 - set by arm()
+        self.triggers = self._open_triggers(self._loop)
+        self.stats.rearmed += 1
+        log.info("scope.back", scope=self.name, triggers=len(self.triggers.armed))
 
     @property
     def episode_window_s(self) -> float:
@@ -218,16 +261,19 @@ class ScopeRunner:
         except asyncio.QueueFull:
             self.stats.dropped_events += 1
 
+    def background(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The scope's long-lived tasks by name, for the controller to start (each one under
+        its own supervisor, so one failing never takes the others down)."""
+        tasks: dict[str, Callable[[], Awaitable[None]]] = {f"scope:{self.name}": self.run}
+        if self.availability is not None:
+            tasks[f"avail:{self.name}"] = self.availability.run
+        starvation = self.starvation_check()
+        if starvation is not None:
+            tasks[f"starve:{self.name}"] = starvation.run
+        return tasks
+
     async def run(self) -> None:
         """Wait for events forever; after each, follow the episode until it quiets down."""
-        tasks = []
-        if self.availability is not None:
-            tasks.append(asyncio.create_task(self.availability.run(), name=f"avail:{self.name}"))
-        # Only unprivileged triggers can be starved by readers (privileged ones are checked by
-        # the kernel's real-time poller): with CAP_SYS_RESOURCE the check, and its one wake-up
-        # every starvation_check_s, is skipped.
-        if self.settings.starvation_check_s and self.triggers is not None and not self.privileged:
-            tasks.append(asyncio.create_task(self.watch_starvation(), name=f"starve:{self.name}"))
         # Triggers are armed: open the scan's skim files now, once, so the first event only
         # pays for processes started since (pressured.scan.kept). Never raises.
         plan = plan_for(link.policy for link in self.chain.links)
@@ -235,18 +281,50 @@ class ScopeRunner:
         await asyncio.get_running_loop().run_in_executor(
             self.io, prewarm_scope, self.kept_skims, files, self.group, self.proc_root
         )
-        try:
-            while True:
-                event = await self.queue.get()
-                self._dequeued_ns = time.monotonic_ns()
-                self._episode += 1
-                await self._episode_loop(event)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        while True:
+            event = await self.queue.get()
+            self._dequeued_ns = time.monotonic_ns()
+            self._episode += 1
+            await follow_episode(
+                event,
+                number=self._episode,
+                rules=self.episode_rules(),
+                queue=self.queue,
+                handle=self.handle,
+                refaults=self._refaults,
+                paced=lambda: self.guard.pacing() is not None,
+                dying=lambda: self.guard.victim_dying(self.name) is not None,
+                scope=self.name,
+            )
+
+    def episode_rules(self) -> EpisodeRules:
+        return EpisodeRules(
+            window_s=self.episode_window_s,
+            recheck_interval_s=self.settings.recheck_interval_ms / 1000,
+            refaults_per_s=self.settings.recheck_refaults_per_s,
+        )
+
+    def starvation_check(self) -> StarvationCheck | None:
+        """The check for this scope, or None where it does not apply.
+
+        Only unprivileged triggers can be starved by readers (privileged ones are checked by
+        the kernel's real-time poller): with CAP_SYS_RESOURCE the check, and its one wake-up
+        every starvation_check_s, is skipped.
+        """
+        if not self.settings.starvation_check_s or self.triggers is None or self.privileged:
+            return None
+        return StarvationCheck(
+            scope=self.name,
+            interval_s=self.settings.starvation_check_s,
+            read_pressure=self.read_pressure,
+            armed=lambda: self.triggers.armed if self.triggers else (),
+            fired=lambda: sum(self.stats.fired.values()),
+            on_starved=self._on_starved,
+        )
+
+    def _on_starved(self, event: PressureEvent) -> None:
+        self.stats.starved += 1
+        self._offer(event)
 
     def read_pressure(self) -> psi.Pressure | None:
         # Read on the loop thread, on purpose: a pressure file is generated from in-kernel
@@ -257,99 +335,7 @@ class ScopeRunner:
         except (OSError, ValueError):
             return None
 
-    async def watch_starvation(self) -> None:
-        """Every ``starvation_check_s`` (>= 10 s, so the check itself starves nothing), see
-        whether the scope stalled past a level's ratio while no trigger fired at all. That is
-        what a frequent reader of the pressure file does to unprivileged triggers: say so
-        loudly, and act on the pressure ourselves."""
-        interval = self.settings.starvation_check_s
-        last = self.read_pressure()
-        last_fired = sum(self.stats.fired.values())
-        while True:
-            await asyncio.sleep(interval)
-            current = self.read_pressure()
-            fired = sum(self.stats.fired.values())
-            if current is not None and last is not None and fired == last_fired:
-                for armed in self.triggers.armed if self.triggers else ():
-                    now_line, then_line = (
-                        current.line(armed.effective.kind),
-                        last.line(armed.effective.kind),
-                    )
-                    if now_line is None or then_line is None:
-                        continue
-                    ratio = (now_line.total_us - then_line.total_us) / (interval * 1e6)
-                    if ratio >= armed.effective.stall_ratio:
-                        self.stats.starved += 1
-                        log.error(
-                            "trigger.starved",
-                            scope=self.name,
-                            level=armed.level,
-                            stall_ratio=round(ratio, 4),
-                            trigger_ratio=round(armed.effective.stall_ratio, 4),
-                            interval_s=interval,
-                            privileged=False,
-                            detail="stall grew past the trigger's threshold but no event came: "
-                            "something reading this pressure file often (a monitoring agent?) "
-                            "is starving unprivileged triggers; acting on it now. Grant "
-                            "CAP_SYS_RESOURCE or stop the frequent reader.",
-                        )
-                        self._offer(
-                            PressureEvent(
-                                scope=self.name,
-                                level=armed.level,
-                                source=EventSource.STARVATION,
-                                trigger=armed.effective,
-                                pressure=current,
-                                detail={"stall_ratio": ratio},
-                            )
-                        )
-                        break
-            last, last_fired = current, fired
-
-    async def _episode_loop(self, first: PressureEvent) -> None:
-        event: PressureEvent | None = first
-        window_s = self.episode_window_s
-        interval = self.settings.recheck_interval_ms / 1000
-        ends = time.monotonic() + window_s
-        # No refault reading before the first decision: handle() replaces it at once anyway,
-        # and it put one memory.stat read through the I/O pool in front of every first
-        # decision (0.6-0.8 ms measured under thrash; longer when the pool is busy).
-        baseline: tuple[int, float] | None = None
-        while True:
-            if event is not None:
-                ends = time.monotonic() + window_s
-                await self.handle(event)
-                baseline = await self._refaults()
-            remaining = ends - time.monotonic()
-            if remaining <= 0:
-                log.debug("episode.ended", scope=self.name, episode=self._episode)
-                return
-            try:
-                async with asyncio.timeout(min(interval, remaining)):
-                    event = await self.queue.get()
-                continue
-            except TimeoutError:
-                event = None
-            if self.guard.victim_dying(self.name) is not None:
-                baseline = await self._refaults()  # its own faults are no evidence
-                continue
-            if self.guard.pacing() is not None:
-                continue
-            current = await self._refaults()
-            if current is not None and baseline is not None:
-                rate = (current[0] - baseline[0]) / max(1e-3, current[1] - baseline[1])
-                if rate >= self.settings.recheck_refaults_per_s:
-                    event = PressureEvent(
-                        scope=self.name,
-                        level=first.level,
-                        source=EventSource.RECHECK,
-                        trigger=first.trigger,
-                        episode=self._episode,
-                        detail={"refaults_per_s": round(rate, 1)},
-                    )
-            baseline = current
-
-    async def _refaults(self) -> tuple[int, float] | None:
+    async def _refaults(self) -> RefaultReading | None:
         """(cumulative refaults, monotonic time of the reading), or None if unreadable."""
         loop = asyncio.get_running_loop()
         try:
@@ -388,6 +374,30 @@ class ScopeRunner:
 
         return await loop.run_in_executor(self.io, _take)
 
+    async def _decide(
+        self, event: PressureEvent, stages: StageClock
+    ) -> tuple[Snapshot, ChainResult]:
+        """The decision path: snapshot, then the policy chain. Timed from outside through
+        ``decision_started`` so ``/healthz`` can name a scope stuck in it."""
+        self.decision_started = time.monotonic()
+        try:
+            self.decision_phase = "snapshot"
+            snapshot = await self.take_snapshot(event)
+            stages.mark("snapshot")
+            if snapshot.scan_started_monotonic_ns:
+                started = snapshot.scan_started_monotonic_ns
+                stages.mark("scan_start", started)
+                stages.mark("cgroups_read", started + snapshot.cgroups_read_ns)
+                stages.mark("scan_end", started + snapshot.scan_duration_ns)
+            for problem in snapshot.problems:
+                log.warning(
+                    "scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem
+                )
+            self.decision_phase = "policies"
+            return snapshot, await self.chain.decide(snapshot, self.guard.check)
+        finally:
+            self.decision_started = self.decision_phase = None
+
     async def handle(self, event: PressureEvent) -> KillRecord | None:
         """Decide and act on one event. Never raises for a policy's or a victim's fault."""
         self.stats.events += 1
@@ -402,30 +412,15 @@ class ScopeRunner:
         if pacing is not None:
             self.stats.deferred += 1
             return None
-        snapshot = await self.take_snapshot(event)
-        stages.mark("snapshot")
-        if snapshot.scan_started_monotonic_ns:
-            stages.mark("scan_start", snapshot.scan_started_monotonic_ns)
-            stages.mark(
-                "cgroups_read", snapshot.scan_started_monotonic_ns + snapshot.cgroups_read_ns
-            )
-            stages.mark("scan_end", snapshot.scan_started_monotonic_ns + snapshot.scan_duration_ns)
-        for problem in snapshot.problems:
-            log.warning("scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem)
-        result = await self.chain.decide(snapshot, self.guard.check)
+        snapshot, result = await self._decide(event, stages)
         decided_ns = time.monotonic_ns()
         stages.mark("decided", decided_ns)
         self._last_result = result
         self.stats.decisions += 1
         decision = result.decision
-        if self.metrics is not None:
-            failed = {failure.policy: failure.kind for failure in result.failures}
-            for policy, duration in result.durations_s.items():
-                self.metrics.observe_policy(policy, duration, failed.get(policy))
-            self.metrics.observe_decision(
-                self.name,
-                (decided_ns - event.monotonic_ns) / 1e9,
-                "kill" if decision.acts else "no_action",
+        if self.observer is not None:
+            report_decision(
+                self.observer, self.name, result, (decided_ns - event.monotonic_ns) / 1e9
             )
         if not decision.acts:
             log.info(
@@ -479,6 +474,20 @@ class ScopeRunner:
         await self._emit_kill(record)
         return record
 
+    def decision_limit_s(self, margin_s: float) -> float:
+        """How long a decision may take before it counts as stuck: every policy's own time
+        limit (the chain waits out each in turn at worst) plus ``margin_s`` for the scan."""
+        return margin_s + sum(link.timeout_s for link in self.chain.links)
+
+    def stuck_decision(self, now: float, margin_s: float) -> str | None:
+        """Why this scope's decision path is stuck, or None."""
+        started = self.decision_started
+        if started is None or now - started <= self.decision_limit_s(margin_s):
+            return None
+        return (
+            f"scope {self.name}: decision stuck in {self.decision_phase} for {now - started:.1f} s"
+        )
+
     def _stale(self, event: PressureEvent) -> str | None:
         """Why a trigger event only reports the stall a kill has already relieved, or None.
 
@@ -490,6 +499,9 @@ class ScopeRunner:
         window after the thrasher). Continuing pressure is not missed: the episode's refault
         recheck sees it at once, and the trigger fires again once its windows are clean.
         """
+        waited = self._waited_too_long(event)
+        if waited is not None:
+            return waited
         if event.source is EventSource.STARVATION:
             stale_ns = int(self.settings.starvation_check_s * 1e9)
         elif event.source is EventSource.PSI and event.trigger is not None:
@@ -503,3 +515,20 @@ class ScopeRunner:
                 f"{since_kill / 1e9:.2f} s earlier (windows reach back {stale_ns / 1e9:g} s)"
             )
         return None
+
+    def _waited_too_long(self, event: PressureEvent) -> str | None:
+        """Why an event that waited too long before being handled is old news, or None.
+
+        An event waits in the queue while the scope is busy, and longer while its task is
+        restarted after a crash (seen in the fault soak: a PSI event handled 44 s late, when
+        the thrasher behind it was long gone, took a bystander). Past two trigger windows (at
+        least ``MAX_EVENT_AGE_MIN_S``) it says nothing about now; pressure that continues
+        fires the trigger again. Manual events are a caller's explicit request: never aged.
+        """
+        if event.source is EventSource.MANUAL:
+            return None
+        limit_s = max(MAX_EVENT_AGE_MIN_S, 2 * self.episode_window_s)
+        age_s = (time.monotonic_ns() - event.monotonic_ns) / 1e9
+        if age_s <= limit_s:
+            return None
+        return f"stale: waited {age_s:.1f} s to be handled (more than {limit_s:g} s)"

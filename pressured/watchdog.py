@@ -42,8 +42,8 @@ from pressured.events import (
     VictimKind,
 )
 from pressured.guard import OOM_SCORE_ADJ_NEVER, Guard
+from pressured.kernel import inotify, psi
 from pressured.kernel import pidfd as pidfd_mod
-from pressured.kernel import psi
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.kernel.procfs import ProcessRecord
 from pressured.pacing import Pacing
@@ -121,6 +121,7 @@ class Watchdog:
         self._windows_s: dict[int, float] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
+        self._waiters: dict[int, tuple[inotify.PathWaiter, WatchedScope]] = {}
         self.stuck_detected = 0
         self.kills = 0
         self.checks = 0
@@ -142,8 +143,68 @@ class Watchdog:
         for fd in self._fds:
             pidfd_mod.close_quietly(fd)
         self._fds.clear()
+        for waiter, _scope in self._waiters.values():
+            waiter.close()
+        self._waiters.clear()
         pidfd_mod.close_quietly(self._wake_r)
         pidfd_mod.close_quietly(self._wake_w)
+
+    def _presence(self, poller: select.poll, ready: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Handle groups gone (POLLERR) and back (a waiter readable); the rest of ``ready``."""
+        rest = []
+        for fd, mask in ready:
+            try:
+                if fd in self._waiters:
+                    self._group_changed(poller, fd)
+                elif fd in self._fds and mask & (select.POLLERR | select.POLLNVAL):
+                    self._scope_gone(poller, fd)
+                else:
+                    rest.append((fd, mask))
+            except Exception as exc:  # this thread must not die: say so and carry on
+                log.error("watchdog.presence_failed", fd=fd, error=repr(exc))
+                if fd in self._waiters:  # a waiter that fails would stay readable: drop it
+                    poller.unregister(fd)
+                    self._waiters.pop(fd)[0].close()
+        return rest
+
+    # A removed group's trigger reports POLLPRI|POLLERR on every poll, forever: close it at
+    # once (else this thread spins) and wait, by inotify, for the group to be made again.
+    def _scope_gone(self, poller: select.poll, fd: int) -> None:
+        poller.unregister(fd)
+        scope = self._fds.pop(fd)
+        pidfd_mod.close_quietly(fd)
+        log.warning("watchdog.scope_gone", scope=scope.name, path=scope.pressure_path)
+        self._wait_for_group(poller, scope)
+
+    def _wait_for_group(self, poller: select.poll, scope: WatchedScope) -> None:
+        try:
+            waiter = inotify.PathWaiter(os.path.dirname(scope.pressure_path))
+        except OSError as exc:
+            log.error("watchdog.wait_failed", scope=scope.name, error=repr(exc))
+            return
+        self._waiters[waiter.fileno()] = (waiter, scope)
+        poller.register(waiter.fileno(), select.POLLIN)
+        self._group_changed(poller, waiter.fileno())  # it may be back already
+
+    def _group_changed(self, poller: select.poll, waiter_fd: int) -> None:
+        waiter, scope = self._waiters[waiter_fd]
+        if not waiter.check():
+            return
+        poller.unregister(waiter_fd)
+        del self._waiters[waiter_fd]
+        waiter.close()
+        try:
+            spec, _ = psi.legalize(scope.spec, privileged=self.privileged)
+            fd = psi.open_trigger(scope.pressure_path, spec)
+        except Exception as exc:  # a watchdog that dies protects nothing: log and carry on
+            if not os.path.isdir(os.path.dirname(scope.pressure_path)):
+                self._wait_for_group(poller, scope)  # gone again before we could arm
+            else:
+                log.error("watchdog.rearm_failed", scope=scope.name, error=repr(exc))
+            return
+        self._fds[fd] = scope
+        poller.register(fd, select.POLLPRI)
+        log.info("watchdog.rearmed", scope=scope.name)
 
     def loop_answers(self, timeout_s: float) -> bool:
         answered = threading.Event()
@@ -162,6 +223,7 @@ class Watchdog:
             ready = poller.poll()
             if any(fd == self._wake_r for fd, _ in ready):
                 return
+            ready = self._presence(poller, ready)
             for fd, mask in ready:
                 if mask & select.POLLPRI and fd in self._fds:
                     self._on_pressure(self._fds[fd], self._windows_s[fd])

@@ -13,11 +13,16 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import structlog
+
 from pressured.config import AvailabilitySettings
+from pressured.errors import KernelError
 from pressured.events import EventSource, PressureEvent
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import UNLIMITED, Cgroup
 from pressured.snapshot import SystemMemory
+
+log = structlog.get_logger("pressured.availability")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +84,28 @@ class AvailabilityMonitor:
         return evaluate_system(memory, self.settings)
 
     async def run(self) -> None:
+        """Poll until cancelled. Returns (after saying why) when the scope has no memory
+        accounting at all: there is nothing to poll, and asking again would change nothing."""
         loop = asyncio.get_running_loop()
         while True:
             try:
                 reading = await loop.run_in_executor(self.io, self.read)
-            except (OSError, ValueError):
+            except KernelError as exc:
+                if self.group is not None and not self.group.exists():
+                    # The group is gone (for now): no accounting to read is no verdict yet.
+                    await asyncio.sleep(self.settings.max_interval_ms / 1000)
+                    continue
+                log.error(
+                    "availability.disabled",
+                    scope=self.scope,
+                    error=str(exc),
+                    detail="no memory accounting reaches this scope (on a hybrid host, set "
+                    "the scope's memcg_v1); PSI triggers still watch it",
+                )
+                return
+            except (OSError, ValueError) as exc:
+                # A group removed for a moment, a half-written file: try again later.
+                log.debug("availability.unreadable", scope=self.scope, error=repr(exc))
                 await asyncio.sleep(self.settings.max_interval_ms / 1000)
                 continue
             self.readings += 1

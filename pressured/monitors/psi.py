@@ -7,6 +7,11 @@ triggers loses *which* trigger fired (the outer loop's readiness check consumes 
 before we could read it back). What works, on both loops: **one inner epoll per trigger fd**,
 registered for EPOLLPRI only, whose own readability *is* the event. After the callback the
 inner epoll is no longer readable (the PSI event was consumed), so idle means no wake-ups.
+
+A trigger on a cgroup that is removed (``rmdir``) reports EPOLLPRI|EPOLLERR on every poll,
+forever: left registered it would wake the loop on every iteration. EPOLLERR is always
+reported, whatever the mask, so the inner epoll shows it; the trigger is then unregistered and
+closed at once and ``on_gone`` is told (the scope waits for the group to come back).
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ class TriggerSet:
         self,
         loop: asyncio.AbstractEventLoop,
         on_fire: Callable[[ArmedTrigger], None],
+        on_gone: Callable[[ArmedTrigger], None] | None = None,
     ) -> None:
         self._loop = loop
         self._on_fire = on_fire
+        self._on_gone = on_gone
         self._registrations: list[_Registration] = []
         self._closed = False
 
@@ -103,24 +110,42 @@ class TriggerSet:
         return armed
 
     def _fired(self, registration: _Registration) -> None:
+        if self._closed or registration not in self._registrations:
+            return  # closed by an earlier callback of the same loop iteration
         # The inner epoll being readable is the event. Polling it once more clears anything
-        # left; its answer is not relied on (the outer check may have consumed the event).
+        # left; its answer is not relied on for EPOLLPRI (the outer check may have consumed
+        # the event), only for EPOLLERR, which stays set once the group is gone.
+        ready: list[tuple[int, int]] = []
         with contextlib.suppress(OSError):
-            registration.inner.poll(0)
+            ready = registration.inner.poll(0)
+        if any(mask & select.EPOLLERR for _fd, mask in ready):
+            self._drop(registration)
+            if self._on_gone is not None:
+                self._on_gone(registration.trigger)
+            return
         registration.fired += 1
         self._on_fire(registration.trigger)
+
+    def _drop(self, registration: _Registration) -> None:
+        """Unregister and close one trigger (its group is gone)."""
+        with contextlib.suppress(ValueError):
+            self._registrations.remove(registration)
+        self._release(registration)
+
+    def _release(self, registration: _Registration) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(registration.inner.fileno())
+        with contextlib.suppress(OSError):
+            registration.inner.close()
+        with contextlib.suppress(OSError):
+            os.close(registration.trigger_fd)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         for registration in self._registrations:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(registration.inner.fileno())
-            with contextlib.suppress(OSError):
-                registration.inner.close()
-            with contextlib.suppress(OSError):
-                os.close(registration.trigger_fd)
+            self._release(registration)
         self._registrations.clear()
 
     def fds(self) -> list[int]:
