@@ -835,10 +835,18 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     cgroup: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    contents: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Defaults < file < environment < command line (``cgroup`` and ``overrides``)."""
+    """Defaults < file < environment < command line (``cgroup`` and ``overrides``).
+
+    ``contents``: the file's document, already read (a reload reads it off the loop with
+    :func:`pressured.ops.configfile.read_config_file`); ``path`` then only names it."""
     source = str(path) if path is not None else None
-    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    data: dict[str, Any] = {}
+    if contents is not None:
+        data = dict(contents)
+    elif path is not None:
+        data = read_toml(path)
     env_data, origins = env_overrides_with_origins(os.environ if environ is None else environ)
     data = deep_merge(data, env_data)
     if cgroup is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import threading
@@ -53,6 +54,8 @@ DECISION_MARGIN_S = 10.0
 take before ``health()`` calls its decision path stuck."""
 
 ControllerEvent = PressureEvent | KillRecord
+ReloadSource = Callable[[], Settings | Awaitable[Settings]]
+"""Where a reload gets the new configuration: a function, or a coroutine function."""
 
 
 class Controller:
@@ -62,7 +65,7 @@ class Controller:
         self,
         settings: Settings | None = None,
         *,
-        reload: Callable[[], Settings] | None = None,
+        reload: ReloadSource | None = None,
         handle_signals: bool = False,
         protect_self: bool = False,
         sinks: Sequence[Sink] = (),
@@ -458,7 +461,9 @@ class Controller:
             log.warning("config.reload_skipped", detail="no configuration source to re-read")
             return False
         try:
-            new = self._reload_source()
+            source = self._reload_source()
+            # A daemon re-reads its file off the loop (aiofiles on its own I/O thread).
+            new = await source if inspect.isawaitable(source) else source
             runners = self._build_scopes(new)
             for runner in self.scopes:
                 runner.disarm()

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import structlog
@@ -39,11 +39,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pressured.daemon")
 
+ReloadFromFile = Callable[[Executor], Awaitable[Settings]]
+"""How the daemon re-reads its configuration on SIGHUP: given the daemon's own I/O thread,
+so the file is read there (aiofiles), never on the loop or on a thread made for it."""
+
 
 class Daemon:
     """The controller plus everything an operator expects around it."""
 
-    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None):
+    def __init__(self, settings: Settings, reload: ReloadFromFile | None = None):
         self.settings = settings
         # One owned thread for the journal's fsyncs and /metrics rendering: neither may block
         # the loop, and neither may create a thread when memory is short.
@@ -62,7 +66,7 @@ class Daemon:
             self.hooks = HookRunner(settings.hooks, observer=self._observe_hook)
         self.controller = Controller(
             settings,
-            reload=reload,
+            reload=(lambda: reload(self.io)) if reload is not None else None,
             handle_signals=True,
             protect_self=True,
             sinks=[self.backlog],
@@ -189,12 +193,12 @@ class Daemon:
             self.io.shutdown(wait=False, cancel_futures=True)
 
 
-async def serve(settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:
+async def serve(settings: Settings, *, reload: ReloadFromFile | None = None) -> None:
     """Run the daemon (controller, signals, self-protection, operations) until stopped."""
     await Daemon(settings, reload).serve()
 
 
-def run(settings: Settings | None = None, *, reload: Callable[[], Settings] | None = None) -> None:
+def run(settings: Settings | None = None, *, reload: ReloadFromFile | None = None) -> None:
     """Create the configured loop (uvloop by default) and serve until SIGTERM/SIGINT."""
     settings = settings or Settings()
     run_on(settings.daemon.loop, serve(settings, reload=reload))

@@ -3,6 +3,7 @@ same unsafe-file check and error words as the start-up read."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -81,3 +82,40 @@ def test_missing_file_is_a_config_error(run_async: Runner, tmp_path: Path) -> No
     """A configuration that disappeared is 'no such file', not a traceback."""
     with ThreadPoolExecutor(1) as io, pytest.raises(ConfigError, match="no such file"):
         run_async(read_config_file(tmp_path / "gone.toml", io))
+
+
+def test_daemon_reload_reads_its_file_on_the_daemons_own_io_thread(
+    run_async: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP's source, as `pressured run` wires it: the file is checked and read on the
+    daemon's "pressured-ops" thread, never on the loop, and the new settings come back."""
+    import argparse
+
+    from pressured.cli.common import settings_from_args_async
+    from pressured.daemon import Daemon
+    from pressured.ops import configfile
+
+    path = write(tmp_path / "p.toml", "[daemon]\ndry_run = true\n\n[metrics]\nenabled = false\n")
+    args = argparse.Namespace(config=str(path), cgroup=None, dry_run=None, loop=None)
+    settings = run_async(settings_from_args_async(args, ThreadPoolExecutor(1)))
+    checked_on: list[str] = []
+    real_checked = configfile._checked
+
+    def spy(name: str) -> str:
+        checked_on.append(threading.current_thread().name)
+        return real_checked(name)
+
+    monkeypatch.setattr(configfile, "_checked", spy)
+    daemon = Daemon(settings, reload=lambda io: settings_from_args_async(args, io))
+    source = daemon.controller._reload_source
+    assert source is not None
+
+    async def reload_once() -> Any:
+        pending = source()
+        assert inspect.isawaitable(pending)  # a coroutine: the read happens off the loop
+        return await pending
+
+    new = run_async(reload_once())
+    daemon.io.shutdown(wait=True)
+    assert new.daemon.dry_run is True
+    assert checked_on and all(name.startswith("pressured-ops") for name in checked_on)

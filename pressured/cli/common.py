@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 from pressured.config import ConfigErrors, Settings, load_settings
@@ -70,22 +72,41 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"daemon": daemon} if daemon else {}
 
 
-def settings_from_args(args: argparse.Namespace, *, resolve_pod: bool = True) -> Settings:
+def settings_from_args(
+    args: argparse.Namespace,
+    *,
+    resolve_pod: bool = True,
+    contents: Mapping[str, Any] | None = None,
+) -> Settings:
     """Load and validate; raises ConfigError / UnsafeFileError with a field path or file.
 
     ``resolve_pod``: replace a ``cgroup = "pod"`` scope by the group it means on this host
-    (what ``run`` and ``rank`` need; ``check`` reports it separately)."""
+    (what ``run`` and ``rank`` need; ``check`` reports it separately). ``contents``: the
+    file, already checked and read (see :func:`settings_from_args_async`)."""
     path = config_path(args)
-    if path is not None:
+    if path is not None and contents is None:
         check_not_world_writable(path, what="configuration file")
     settings = load_settings(
-        path, cgroup=getattr(args, "cgroup", None), overrides=cli_overrides(args)
+        path,
+        cgroup=getattr(args, "cgroup", None),
+        overrides=cli_overrides(args),
+        contents=contents,
     )
     if resolve_pod:
         from pressured.podscope import resolve_pod_scopes
 
         settings, _pod = resolve_pod_scopes(settings)
     return settings
+
+
+async def settings_from_args_async(args: argparse.Namespace, executor: Executor) -> Settings:
+    """:func:`settings_from_args` for a reload: the file is checked and read through aiofiles
+    on ``executor`` (the daemon's own I/O thread), so the loop never waits on the disk."""
+    from pressured.ops.configfile import read_config_file
+
+    path = config_path(args)
+    contents = await read_config_file(path, executor) if path is not None else None
+    return settings_from_args(args, contents=contents)
 
 
 def report_config_error(exc: ConfigError | UnsafeFileError) -> int:

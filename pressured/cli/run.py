@@ -113,10 +113,11 @@ def _run(args: argparse.Namespace) -> int:
         return report_config_error(exc)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     announce(settings, config_path(args))
+    from pressured.cli.common import settings_from_args_async
     from pressured.daemon import run as run_daemon
 
     try:
-        run_daemon(settings, reload=functools.partial(settings_from_args, args))
+        run_daemon(settings, reload=functools.partial(settings_from_args_async, args))
     except (ConfigError, UnsafeFileError) as exc:
         # Policies are loaded (and scope paths, port and journal checked) at start-up, before
         # any trigger.
