@@ -61,7 +61,12 @@ from pressured.controller import Controller
 from pressured.events import EventSource, PressureEvent
 from pressured.kernel.cgroupfs import Cgroup
 from pressured.testing.daemon import Daemon, LogLine, scope_config, write_config
-from pressured.testing.scratch import ScratchGroup, make_thrash_file, wait_for_ready
+from pressured.testing.scratch import (
+    ScratchGroup,
+    evict_from_cache,
+    make_thrash_file,
+    wait_for_ready,
+)
 
 EPISODE_TIMEOUT_S = 30.0
 EPISODE_GAP_S = 3.0
@@ -308,6 +313,7 @@ class SoakRun:
         """One thrasher, waited for until killed; True when relieved."""
         self.episodes += 1
         mark = self.daemon.mark()
+        self.evict()
         thrasher = group.spawn_workload("thrash", self.thrash, group=cgroup, wait_ready=False)
         self.thrashers.add(thrasher.pid)
         with contextlib.suppress(RuntimeError, TimeoutError):
@@ -339,6 +345,14 @@ class SoakRun:
             flush=True,
         )
         return right
+
+    def evict(self) -> None:
+        """Drop the thrash file from the page cache before a thrasher starts. Pages stay
+        charged to the group that first read them, even after that group is removed (the
+        regroup fault does that): a thrasher elsewhere then finds them resident, never
+        faults, and no pressure comes (seen in a 20-minute fault soak: episodes after a
+        regroup made no pressure event at all)."""
+        evict_from_cache(self.thrash)
 
     def fault(self, name: str) -> None:
         tally = self.tally[name]
@@ -437,6 +451,7 @@ class SoakRun:
                 time.sleep(0.2)
             # Room for the crowd plus 48 MiB: the thrasher in it stalls the group at once.
             scope.set_limit(scope.usage_bytes() + (48 << 20))
+            self.evict()
             thrasher = scope.spawn_workload("thrash", self.thrash, group=crowd, wait_ready=False)
             self.thrashers.add(thrasher.pid)
             line = self.daemon.wait_for(
