@@ -7,7 +7,7 @@ running the ``thrash`` workload: it maps a file larger than the limit and touche
 in a loop (page-cache thrash).
 
 Observed by this process, never from W's own pressure file (reading it at short intervals
-would starve the daemon's unprivileged trigger, DESIGN.md):
+would starve the daemon's unprivileged trigger, docs/design.md):
 
 * onset = the first rise of T's cumulative ``some`` stall (``total=`` in its
   memory.pressure), polled every 10 ms. Measured while building this suite: reading a

@@ -75,6 +75,9 @@ CROWD = 2000
 IDLE_CONNECTIONS = 32
 NOFILE_SOFT = 1024
 
+KILL_LINES = ("victim.killed", "victim.dying")
+"""A kill of an episode: confirmed dead, or killed and reaped and still exiting (the record
+says ``dying``; its exit is confirmed in the background)."""
 FAULTS = ("regroup", "threaded", "stuck", "biggroup", "sighup", "idle-http")
 NEEDS = {
     "threaded": "scan (take_snapshot tolerates EOPNOTSUPP from a threaded group)",
@@ -322,7 +325,7 @@ class SoakRun:
             wait_for_ready(thrasher, 30)
         try:
             line = self.daemon.wait_for(
-                "victim.killed", EPISODE_TIMEOUT_S, lambda ln: ln.get("pid") is not None, after=mark
+                KILL_LINES, EPISODE_TIMEOUT_S, lambda ln: ln.get("pid") is not None, after=mark
             )
         except (TimeoutError, RuntimeError):
             self.unrelieved += 1
@@ -455,7 +458,7 @@ class SoakRun:
             thrasher = scope.spawn_workload("thrash", self.thrash, group=crowd, wait_ready=False)
             self.thrashers.add(thrasher.pid)
             line = self.daemon.wait_for(
-                "victim.killed", 60, lambda ln: ln.get("cgroup") == crowd.path, after=mark
+                KILL_LINES, 60, lambda ln: ln.get("cgroup") == crowd.path, after=mark
             )
             deadline = time.monotonic() + 30
             while crowd.all_members():
@@ -525,7 +528,7 @@ class SoakRun:
     # -- the report ---------------------------------------------------------------------------
     def report(self, start: dict[str, int], end: dict[str, int], code: int) -> dict[str, Any]:
         lines = list(self.lines())
-        kills = [ln for ln in lines if ln.get("event") in ("victim.killed", "watchdog.killed")]
+        kills = [ln for ln in lines if ln.get("event") in (*KILL_LINES, "watchdog.killed")]
 
         def wrong(line: LogLine) -> bool:
             if line.get("kind") == "cgroup":
@@ -536,14 +539,14 @@ class SoakRun:
         wrong_context = [
             line
             for line in lines
-            if line.get("event") in ("pressure.event", "policy.decided", "victim.killed")
+            if line.get("event") in ("pressure.event", "policy.decided", *KILL_LINES)
             and any(abs(_ts(line) - _ts(w)) < 1.0 for w in wrong_lines)
         ]
         other_kills = [
             {"event": line["event"], "pid": line.get("pid"), "comm": line.get("comm")}
             for line in lines
             if line.get("event", "").startswith(("watchdog.killed", "victim."))
-            and line.get("event") != "victim.killed"
+            and line.get("event") not in KILL_LINES
         ]
         timed = [ln for ln in kills if isinstance(ln.get("event_to_decision_ms"), int | float)]
         slowest = max(timed, key=lambda line: float(line["event_to_decision_ms"]), default=None)

@@ -13,8 +13,6 @@ holds what the controller publishes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -159,7 +157,6 @@ class Daemon:
         self.notifier.ready(status="configuration reloaded")
 
     async def serve(self) -> None:
-        ping: asyncio.Task[None] | None = None
         listener: socket.socket | None = None
         try:
             # 1. A busy port or an unwritable journal fails here, as a configuration error
@@ -174,17 +171,14 @@ class Daemon:
             self.notifier.ready(status=f"{armed} trigger(s) armed")
             interval = watchdog_interval()
             if interval is not None:
-                ping = asyncio.create_task(
-                    run_watchdog(self.notifier, interval, self.controller.health)
-                )
+                # Supervised in the controller's task group: a failing ping is logged and
+                # restarted, and it ends with the controller.
+                notifier, health = self.notifier, self.controller.health
+                self.controller.spawn("sdnotify", lambda: run_watchdog(notifier, interval, health))
             await self.controller.serve()
         finally:
             if listener is not None:
                 listener.close()
-            if ping is not None:
-                ping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ping
             await self.controller.stop()
             if self.server is not None:
                 await self.server.aclose()

@@ -4,7 +4,7 @@ After an event the scope stays in an *episode* for one trigger window and re-eva
 ``recheck_interval_ms`` while the scope keeps thrashing. The evidence is the refault rate
 (pages evicted and needed again, the main source of memory stall: ``workingset_refault_*`` in
 the group's ``memory.stat`` or in ``/proc/vmstat``), never the watched group's own pressure
-file: reading that at short intervals would starve its unprivileged triggers (DESIGN.md). A
+file: reading that at short intervals would starve its unprivileged triggers (docs/design.md). A
 memcg at its limit reclaims page cache all the time without anyone stalling, so limit hits
 and scans are not evidence; refaults are.
 

@@ -1,7 +1,7 @@
 """``pressured.kill_and_reap``: kill one process (or cgroup) and get its memory back now.
 
 SIGKILL through a pidfd and ``process_mrelease`` back to back on a reaper thread (see the
-ESRCH race in DESIGN.md), then wait for the exit on the loop, and return a
+ESRCH race in docs/design.md), then wait for the exit on the loop, and return a
 :class:`~pressured.events.KillRecord` with the timings. Pass a long-lived
 :class:`~pressured.reaper.Reaper` to reuse its pinned thread; without one a temporary reaper
 is created for the call (creating a thread under memory pressure is best avoided).

@@ -3,7 +3,7 @@ and calls ``process_mrelease`` immediately after, with nothing in between.
 
 Why one thread does both: once the killed victim reaches its own exit it detaches its mm and
 mrelease answers ESRCH; from then on the memory is freed at the *victim's* pace, which for a
-CPU-starved victim means seconds to minutes (DESIGN.md, "The ESRCH race"). Handing the pidfd
+CPU-starved victim means seconds to minutes (docs/design.md, "The ESRCH race"). Handing the pidfd
 from the signalling thread to another between the two calls widens that window.
 
 The thread is created when the reaper starts (before the first pressure event: creating a

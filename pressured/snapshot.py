@@ -274,7 +274,7 @@ def take_snapshot(
 
     For a cgroup scope only its members are read; its direct children become cgroup records.
     ``read_scope_pressure`` stays False while an unprivileged trigger watches the scope group:
-    reading its pressure file would starve that trigger (DESIGN.md).
+    reading its pressure file would starve that trigger (docs/design.md).
 
     ``plan`` (see :func:`pressured.scan.plan.plan_for`) lets the scan read full records only
     for the finalists of the chain's policies; without it every record is read, largest

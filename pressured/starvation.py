@@ -1,7 +1,7 @@
 """The starvation check: notice unprivileged triggers silenced by a frequent reader.
 
 Reading a group's pressure file pushes back the 2 s tick on which unprivileged PSI triggers
-are checked (DESIGN.md, "Readers starve unprivileged triggers"), so a monitoring agent
+are checked (docs/design.md, "Readers starve unprivileged triggers"), so a monitoring agent
 scraping it every few milliseconds leaves the scope with no events at all while it thrashes.
 Every ``interval_s`` (>= 10 s, so the check itself starves nothing) this compares the scope's
 cumulative stall with the trigger events seen: stall past a level's ratio with no event means

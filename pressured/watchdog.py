@@ -172,6 +172,7 @@ class Watchdog:
     def _scope_gone(self, poller: select.poll, fd: int) -> None:
         poller.unregister(fd)
         scope = self._fds.pop(fd)
+        self._windows_s.pop(fd, None)
         pidfd_mod.close_quietly(fd)
         log.warning("watchdog.scope_gone", scope=scope.name, path=scope.pressure_path)
         self._wait_for_group(poller, scope)
@@ -203,6 +204,7 @@ class Watchdog:
                 log.error("watchdog.rearm_failed", scope=scope.name, error=repr(exc))
             return
         self._fds[fd] = scope
+        self._windows_s[fd] = spec.window_us / 1e6  # the stale-event rule needs its window
         poller.register(fd, select.POLLPRI)
         log.info("watchdog.rearmed", scope=scope.name)
 

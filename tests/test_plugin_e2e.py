@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.pressure, pytest.mark.slow]
 
 TEMPLATE_SRC = Path(__file__).resolve().parents[1] / "plugins" / "pressured-policy-template" / "src"
 LIMIT_BYTES = 32 << 20
-# Unprivileged triggers need a 2 s window (DESIGN.md); 50 ms of stall in it is plenty here.
+# Unprivileged triggers need a 2 s window (docs/design.md); 50 ms of stall in it is plenty here.
 TRIGGER = TriggerSpec(Resource.MEMORY, "some", 50_000, 2_000_000)
 PRESSURE_TIMEOUT_S = 12.0
 

@@ -107,7 +107,7 @@ def read_pressure(path: str | os.PathLike[str]) -> Pressure:
 
     Careful: reading a group's pressure file pushes back the 2 s tick on which *unprivileged*
     triggers of that group are checked. Never call this at short intervals on a group that has
-    an unprivileged trigger armed (see DESIGN.md, "Readers starve unprivileged triggers").
+    an unprivileged trigger armed (see docs/design.md, "Readers starve unprivileged triggers").
     """
     with open(path, encoding="ascii", errors="replace") as handle:
         return parse_pressure(handle.read(), str(path))

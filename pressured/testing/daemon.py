@@ -74,14 +74,15 @@ class Daemon:
 
     def wait_for(
         self,
-        event: str,
+        event: str | tuple[str, ...],
         timeout_s: float = 30.0,
         where: Callable[[LogLine], bool] | None = None,
         *,
         after: int = 0,
     ) -> LogLine:
         """The first log line at index ``after`` or later (already seen or still to come) with
-        this event name and predicate."""
+        this event name (or one of these names) and predicate."""
+        names = (event,) if isinstance(event, str) else event
         deadline = time.monotonic() + timeout_s
         index = after
         with self._changed:
@@ -89,7 +90,7 @@ class Daemon:
                 while index < len(self.lines):
                     line = self.lines[index]
                     index += 1
-                    if line.get("event") == event and (where is None or where(line)):
+                    if line.get("event") in names and (where is None or where(line)):
                         return line
                 if self._ended:
                     raise RuntimeError(
