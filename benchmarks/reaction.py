@@ -42,7 +42,7 @@ SLEEPERS = Path(__file__).with_name("sleepers.py")
 FLOOR_C = Path(__file__).with_name("floor.c")
 PLOT = Path(__file__).with_name("results") / "reaction.svg"
 TARGETS_MS = {1000: 5.0, 10_000: 25.0}
-FLOOR_FILE = "oom_score"  # the one file the default chain (oom_score) skims
+FLOOR_FILE = "oom_score"  # the one file the oom_score policy skims
 THRASH_RUNS = 6
 THRASH_FILE = "/var/tmp/pressured-bench-reaction-thrash.bin"
 STAGE_SPANS = (
@@ -673,7 +673,7 @@ def run(config: Config, progress: Progress) -> Section:
         "Baseline: the same number of bare `pressured.kernel.procfs.scan_processes(pids=...)` "
         "calls over the same PIDs on this thread, with no controller around it.",
         f"Floor rows: the cheapest possible scan, one open + read + close of /proc/PID/"
-        f"{FLOOR_FILE} per process (the file the default chain skims), in Python and in C "
+        f"{FLOOR_FILE} per process (the file the oom_score policy skims), in Python and in C "
         "(benchmarks/floor.c), and pread on fds opened in advance (the kernel generating the "
         "file, nothing else); the last column is pressured's p50 over the floor's p50.",
     ]

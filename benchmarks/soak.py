@@ -291,14 +291,19 @@ class SoakRun:
         deadline = time.monotonic() + minutes * 60
         try:
             self.start_daemon()
-            pid = self.daemon.proc.pid if self.daemon.proc else 0
-            start = proc_figures(pid)
+            start: dict[str, int] | None = None
             while time.monotonic() < deadline:
                 self.ensure_daemon()
-                if self.faults and self.rng.random() < FAULT_CHANCE:
+                if self.faults and self.rng.random() < FAULT_CHANCE and start is not None:
                     self.fault(self.rng.choice(self.faults))
                 else:
                     self.episode(self.group)
+                if start is None:
+                    # The baseline is the daemon after its first episode: its threads exist
+                    # and its scopes keep one scan file open per process in scope (bounded
+                    # state, not a leak), so growth from here on is what a leak would be.
+                    pid = self.daemon.proc.pid if self.daemon.proc else 0
+                    start = proc_figures(pid)
                 left = max(0.0, deadline - time.monotonic())
                 print(f"{left / 60:.1f} min left", flush=True)
                 # Let the episode's window close, so every episode starts from a trigger event.
@@ -306,6 +311,7 @@ class SoakRun:
             self.ensure_daemon()
             pid = self.daemon.proc.pid if self.daemon.proc else 0
             end = proc_figures(pid)
+            start = start or end
             code = self.daemon.stop(30)
         finally:
             for daemon in self.daemons:

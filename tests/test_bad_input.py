@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import string
 from collections.abc import Callable, Coroutine, MutableMapping
 from pathlib import Path
@@ -115,7 +116,13 @@ def test_generated_configuration_ends_in_exit_0_or_a_field_error(
     code, stderr = run_check(path)
     assert code in (0, 2)
     if code == 2:
-        assert stderr.startswith("pressured: invalid configuration: ")
+        # One problem on one line; several as a count, then one indented "field: why" each.
+        first, *rest = stderr.splitlines()
+        if first.startswith("pressured: invalid configuration: "):
+            assert not rest
+        else:
+            assert re.fullmatch(r"pressured: invalid configuration in .+: \d+ problems", first)
+            assert rest and all(re.fullmatch(r"  \S+: .+", line) for line in rest), rest
         assert "Traceback" not in stderr
 
 

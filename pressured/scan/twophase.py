@@ -171,6 +171,18 @@ def scan_two_phase(
             heapq.heappush(best, score)
             if len(best) > top:
                 heapq.heappop(best)
+    if plan is None and complete:
+        # A full scan reads every process. One whose cheap file could not be read (gone, or a
+        # /proc without that file) still gets its full read: that read says what is wrong.
+        tail = [pid for pid in pids if pid not in reader.records]
+        counted = reader.vanished  # the skim counted each of these as vanished already
+        for pid in tail:
+            if deadline is not None and clock() > deadline:
+                complete = False
+                break
+            reader.get(pid)
+        read_after_all = len(tail) - (reader.vanished - counted)
+        reader.vanished = max(0, counted - read_after_all)
     problems.extend(reader.problems)
     return ScanResult(
         processes=tuple(r for r in reader.records.values() if r is not None),
