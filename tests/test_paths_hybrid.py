@@ -167,7 +167,13 @@ def test_a_v1_group_shared_with_other_processes_lends_no_figures(split_group: Sp
     )
     try:
         deadline = time.monotonic() + 10
-        while outsider.pid not in outsider_v2.members() and time.monotonic() < deadline:
+        v1_procs = split_group.v1_dir / "cgroup.procs"
+        # The shell joins the v2 group, then the v1 one: wait for both, or the check can run
+        # between the two writes (seen once in CI).
+        while time.monotonic() < deadline and not (
+            outsider.pid in outsider_v2.members()
+            and str(outsider.pid) in v1_procs.read_text().split()
+        ):
             time.sleep(0.01)
         group = Cgroup(layout, split_group.v2_path)
         assert resolve_memory_source(group)["source"] == "none"
