@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import mmap
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pressured.kernel.cgroupfs import Cgroup
-from pressured.testing.scratch import WORKLOAD_MODULE, ScratchGroup
+from pressured.testing.scratch import WORKLOAD_MODULE, ScratchGroup, read_until
 
 MODULE = "pressured.testing.culprits"
 PAGE = mmap.PAGESIZE
@@ -145,20 +144,7 @@ class Staged:
 
 def _read_ready(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> list[int]:
     """Wait for the ``ready [PIDS]`` line and return the PIDS."""
-    if proc.stdout is None:
-        raise ValueError("needs stdout=PIPE")
-    deadline = time.monotonic() + timeout_s
-    buffer = b""
-    while b"\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"workload {proc.pid} not ready within {timeout_s} s")
-        readable, _, _ = select.select([proc.stdout], [], [], remaining)
-        if readable:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"workload {proc.pid} exited before ready ({proc.poll()})")
-            buffer += chunk
+    buffer = read_until(proc, b"\n", timeout_s)
     words = buffer.split(b"\n", 1)[0].split()
     if not words or words[0] != b"ready":
         raise RuntimeError(f"workload {proc.pid} said {buffer!r}")

@@ -202,12 +202,17 @@ class ScratchGroup:
 
 def wait_for_ready(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     """Block until the workload prints ``ready`` (or fail if it exits or takes too long)."""
-    if proc.stdout is None:
-        raise ValueError("wait_for_ready needs a workload started with stdout=PIPE")
+    read_until(proc, b"ready", timeout_s)
 
+
+def read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout_s: float = 60.0) -> bytes:
+    """What the workload printed up to and including ``marker`` (and what came with it); fail
+    if it exits or takes longer than ``timeout_s``."""
+    if proc.stdout is None:
+        raise ValueError("reading a workload's output needs it started with stdout=PIPE")
     deadline = time.monotonic() + timeout_s
     buffer = b""
-    while b"ready" not in buffer:
+    while marker not in buffer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"workload {proc.pid} not ready within {timeout_s} s")
@@ -217,6 +222,7 @@ def wait_for_ready(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> No
             if not chunk:
                 raise RuntimeError(f"workload {proc.pid} exited before ready ({proc.poll()})")
             buffer += chunk
+    return buffer
 
 
 def make_thrash_file(path: str | os.PathLike[str], size_bytes: int) -> Path:
