@@ -368,16 +368,24 @@ def skim_python(
             finally:
                 os.close(fd)
             values[pid] = parse_skim(name, data)
-        except (FileNotFoundError, ProcessLookupError):
-            vanished += 1
-        except ParseError as exc:
-            problems.append(ScanProblem(pid, str(exc)))
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
+        except (OSError, ParseError) as exc:
+            problem = read_failure(pid, exc)
+            if problem is None:
                 vanished += 1
             else:
-                problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+                problems.append(problem)
     return SkimResult(values, tuple(problems), vanished, complete=True)
+
+
+def read_failure(pid: int, exc: OSError | ParseError) -> ScanProblem | None:
+    """What a failed read of a process's files means: None when the process is gone (normal
+    mid-scan: ENOENT, ESRCH), else the problem to report (a malformed file, EACCES on a
+    hardened /proc, any other error)."""
+    if isinstance(exc, ParseError):
+        return ScanProblem(pid, str(exc))
+    if isinstance(exc, FileNotFoundError | ProcessLookupError) or exc.errno == errno.ESRCH:
+        return None
+    return ScanProblem(pid, f"{exc.strerror}: {exc.filename}")
 
 
 def list_pids(proc_root: str = "/proc") -> list[int]:
@@ -419,16 +427,12 @@ def scan_processes(
             records.append(
                 read_process(pid, proc_root, cmdline_limit, cgroup=known, with_cmdline=with_cmdline)
             )
-        except (FileNotFoundError, ProcessLookupError):
-            vanished += 1
-        except ParseError as exc:
-            problems.append(ScanProblem(pid, str(exc)))
-        except OSError as exc:
-            # EACCES on hardened /proc (hidepid) or ESRCH mid-read: the process is out of reach.
-            if exc.errno == errno.ESRCH:
+        except (OSError, ParseError) as exc:
+            problem = read_failure(pid, exc)
+            if problem is None:
                 vanished += 1
             else:
-                problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+                problems.append(problem)
     return ScanResult(
         processes=tuple(records),
         problems=tuple(problems),

@@ -13,7 +13,6 @@ what was read is the top of the ranking, not the first PIDs of a directory listi
 
 from __future__ import annotations
 
-import errno
 import heapq
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,15 +63,12 @@ class _Reader:
                 cgroup=known,
                 with_cmdline=self.cmdlines is None,
             )
-        except (FileNotFoundError, ProcessLookupError):
-            self.vanished += 1
-        except ParseError as exc:
-            self.problems.append(ScanProblem(pid, str(exc)))
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
+        except (OSError, ParseError) as exc:
+            problem = procfs.read_failure(pid, exc)
+            if problem is None:
                 self.vanished += 1
             else:
-                self.problems.append(ScanProblem(pid, f"{exc.strerror}: {exc.filename}"))
+                self.problems.append(problem)
         if record is not None and self.cmdlines is not None and not record.is_kernel_thread:
             identity = record.identity
             found = self.cmdlines.read_many([identity], self.deadline).get(identity)
