@@ -102,7 +102,11 @@ async def follow_episode(
             baseline = await refaults()
             continue
         if paced():
-            continue  # a kill in flight or a cooldown: no recheck could act anyway
+            # A kill in flight or a cooldown: no recheck acts, and the rate is measured afresh
+            # afterwards, not over the cooldown, when the kill's own aftermath (the victim's
+            # exit, its pages) still refaults: acting on that took a bystander by size in CI.
+            baseline = None
+            continue
         current = await refaults()
         if current is not None and baseline is not None:
             rate = (current[0] - baseline[0]) / max(1e-3, current[1] - baseline[1])

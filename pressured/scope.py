@@ -48,7 +48,7 @@ from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.observe import DecisionObserver, report_decision
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
-from pressured.scan.kept import KeptSkims, prewarm_scope
+from pressured.scan.kept import KeptSkims, prewarm_scope, release_departed
 from pressured.scan.plan import plan_for
 from pressured.scan.stages import StageClock
 from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
@@ -472,6 +472,10 @@ class ScopeRunner:
         if record.result in (KillResult.KILLED, KillResult.DYING):  # dying: memory reaped
             self._last_kill_done_ns = time.monotonic_ns()
         await self._emit_kill(record)
+        if record.result in (KillResult.KILLED, KillResult.DYING):
+            await asyncio.get_running_loop().run_in_executor(
+                self.io, release_departed, self.kept_skims, self.group, self.proc_root
+            )
         return record
 
     def decision_limit_s(self, margin_s: float) -> float:

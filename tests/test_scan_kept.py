@@ -14,6 +14,7 @@ import pytest
 from pressured.kernel import procfs
 from pressured.scan import skim
 from pressured.scan.kept import KeptSkim
+from pressured.testing.scratch import ScratchGroup
 
 
 def asleep(pid: int) -> bool:
@@ -108,5 +109,40 @@ def test_kept_fds_are_bounded_and_the_rest_is_read_fresh(
         result = kept.skim("/proc", pids, "statm")
         assert set(result.values) == set(pids)
         assert len(kept) == 2
+    finally:
+        kept.close()
+
+
+def test_files_of_a_killed_group_are_released_without_another_scan(
+    scratch: ScratchGroup,
+) -> None:
+    """A cgroup victim's members leave the scope when they die: right after the kill the
+    scope closes their kept files, instead of holding one fd per member until the scope's
+    next event (the fault soak's 2,000-member victim left 2,000 fds open)."""
+    from pressured.scan.kept import KeptSkims, prewarm_scope, release_departed
+
+    crowd = scratch.child("crowd")
+    members = [scratch.spawn(["sleep", "60"], group=crowd) for _ in range(20)]
+    bystander = scratch.spawn(["sleep", "60"])
+    kept = KeptSkims()
+    wanted = {proc.pid for proc in [*members, bystander]}
+    deadline = time.monotonic() + 10
+    while not wanted <= set(scratch.group.all_members()):  # each joins its group, then execs
+        assert time.monotonic() < deadline, "sleepers did not join their groups"
+        time.sleep(0.01)
+    try:
+        before = open_fds()
+        assert prewarm_scope(kept, ("statm",), scratch.group) == 21
+        assert open_fds() == before + 21
+        crowd.kill()
+        for proc in members:
+            proc.wait(10)
+        deadline = time.monotonic() + 10
+        while crowd.all_members() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert release_departed(kept, scratch.group) == 20
+        assert kept.open_fds == 1  # the bystander's, still in scope
+        assert open_fds() == before + 1
+        assert bystander.poll() is None
     finally:
         kept.close()
