@@ -25,19 +25,7 @@ from pressured.deathwatch import wait_exited
 from pressured.kernel import pidfd
 from pressured.kernel.cgroupfs import Cgroup
 from pressured.reaper import kill_and_release_group
-from pressured.testing.scratch import ScratchGroup, wait_for_ready
-
-FORKER = """
-import os, signal, sys
-for _ in range(int(sys.argv[1])):
-    if os.fork() == 0:
-        while True:
-            signal.pause()
-sys.stdout.write("ready\\n")
-sys.stdout.flush()
-while True:
-    signal.pause()
-"""
+from pressured.testing.scratch import FORK_SLEEPERS, ScratchGroup, wait_for_ready
 
 
 def open_fds() -> int:
@@ -67,7 +55,7 @@ class PeakFds:
 
 def populate(scratch: ScratchGroup, name: str, members: int) -> Cgroup:
     group = scratch.child(name)
-    proc = scratch.spawn([sys.executable, "-c", FORKER, str(members - 1)], group=group)
+    proc = scratch.spawn([sys.executable, "-c", FORK_SLEEPERS, str(members - 1)], group=group)
     wait_for_ready(proc, 600)
     return group
 

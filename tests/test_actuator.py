@@ -27,7 +27,12 @@ from pressured.policies.base import Decision, Victim
 from pressured.reaper import Reaper
 from pressured.selfprotect import raise_fd_limit
 from pressured.snapshot import CgroupRecord, Snapshot
-from pressured.testing.scratch import ScratchGroup, scratch_unavailable_reason, wait_for_ready
+from pressured.testing.scratch import (
+    FORK_SLEEPERS,
+    ScratchGroup,
+    scratch_unavailable_reason,
+    wait_for_ready,
+)
 from tests.freezing import frozen_v1
 
 RunAsync = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -192,18 +197,6 @@ def test_wait_is_event_driven_not_a_timeout(run_async: RunAsync, reaper: Reaper)
 
 # -- #11.3: a group is killed without one fd per member -------------------------------------
 
-FORKER = """
-import os, signal, sys
-for _ in range(int(sys.argv[1])):
-    if os.fork() == 0:
-        while True:
-            signal.pause()
-sys.stdout.write("ready\\n")
-sys.stdout.flush()
-while True:
-    signal.pause()
-"""
-
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -212,7 +205,7 @@ def open_fds() -> int:
 def group_of(scratch: ScratchGroup, name: str, children: int) -> tuple[Cgroup, list[int]]:
     """A child group holding a parent and ``children`` forked sleepers (cheap: no exec)."""
     group = scratch.child(name)
-    scratch.spawn([sys.executable, "-c", FORKER, str(children)], group=group)
+    scratch.spawn([sys.executable, "-c", FORK_SLEEPERS, str(children)], group=group)
     wait_for_ready(scratch.processes[-1], 120)
     members = group.all_members()
     assert len(members) == children + 1

@@ -25,6 +25,20 @@ from pressured.kernel.cgroupfs import Cgroup, CgroupLayout, LayoutMode
 
 WORKLOAD_MODULE = "pressured.testing.workloads"
 
+FORK_SLEEPERS = """
+import os, signal, sys
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:
+        while True:
+            signal.pause()
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+"""``python -c FORK_SLEEPERS N``: a parent that forks N sleeping children (cheap: no exec, pages
+shared), prints ``ready`` and sleeps too; for many-member group victims."""
+
 
 def scratch_unavailable_reason(layout: CgroupLayout | None = None) -> str | None:
     """Why a ScratchGroup cannot be made here, or None when it can."""
