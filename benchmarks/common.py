@@ -44,6 +44,10 @@ class Config:
     thrash_file_mib: int = 512
     poller_cap_s: float = 12.0
     idle_seconds: float = 60.0
+    group_kill_members: tuple[int, ...] = (1000, 5000)
+    victims_timeout_s: float = 25.0
+    victim_scenarios: tuple[str, ...] = ()
+    """Empty: every scenario in pressured.testing.culprits."""
 
     @classmethod
     def smoke_config(cls) -> Config:
@@ -58,6 +62,8 @@ class Config:
             thrash_file_mib=256,
             poller_cap_s=5.0,
             idle_seconds=5.0,
+            group_kill_members=(200,),
+            victim_scenarios=("impostor",),
         )
 
 

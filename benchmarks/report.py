@@ -20,6 +20,8 @@ SECTION_TITLES = {
     "episodes": "3. End to end under real pressure",
     "idle": "4. Idle cost",
     "startup": "5. Start-up: exec to armed to first kill, and SIGTERM to exit",
+    "victims": "6. Victim choice under real pressure",
+    "group_kill": "7. Group kill: fds and time",
 }
 COMMANDS = (
     "python3 -m benchmarks                      # full run (root), regenerates BENCHMARKS.md",

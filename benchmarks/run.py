@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import episodes, idle, reaction, relief, startup
+from benchmarks import episodes, group_kill, idle, reaction, relief, startup, victims
 from benchmarks.common import (
     REPO,
     Config,
@@ -39,6 +39,8 @@ SECTIONS: dict[str, Runner] = {
     "episodes": episodes.run,
     "idle": idle.run,
     "startup": startup.run,
+    "victims": victims.run,
+    "group_kill": group_kill.run,
 }
 TABLE_IDS = {
     "relief": ("relief",),
@@ -46,6 +48,8 @@ TABLE_IDS = {
     "episodes": ("episodes", "episodes_pollers"),
     "idle": ("idle",),
     "startup": ("startup_times", "startup_trigger_close", "startup_imports"),
+    "victims": ("victims", "victims_decision"),
+    "group_kill": ("group_kill",),
 }
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from benchmarks.common import Config, Progress, Section, Table, load_average
+from benchmarks.common import Config, Progress, Section, Table, Target, load_average
 from benchmarks.report import text_table
 
 DEFAULT = "default chain"
@@ -169,8 +169,8 @@ def run(
     progress: Progress,
     *,
     scenarios: Sequence[str] | None = None,
-    policies: Sequence[str] = POLICIES,
-    timeout_s: float = 30.0,
+    policies: Sequence[str] | None = None,
+    timeout_s: float | None = None,
 ) -> Section:
     from pressured.kernel.procfs import read_meminfo
     from pressured.testing.culprits import SCENARIOS
@@ -186,7 +186,11 @@ def run(
         section.skipped = reason
         return section
     started = time.monotonic()
-    names = list(scenarios or [s.name for s in SCENARIOS])
+    names = list(scenarios or config.victim_scenarios or [s.name for s in SCENARIOS])
+    if policies is None:
+        policies = (DEFAULT,) if config.smoke else POLICIES
+    if timeout_s is None:
+        timeout_s = config.victims_timeout_s
     has_swap = read_meminfo().get("SwapTotal", 0) > 0
     load_before = load_average()
     with TemporaryDirectory(dir="/var/tmp") as tmp:
@@ -230,6 +234,16 @@ def run(
         ],
     )
     cost = resample_cost()
+    default = [o for o in outcomes if o.policy == DEFAULT]
+    clean = [o for o in default if o.right and o.kills == 1 and not o.bystanders_killed]
+    section.targets.append(
+        Target(
+            "victims",
+            "default chain: the culprit dies in one kill, no bystander dies (every scenario)",
+            f"{len(clean)}/{len(default)} scenarios",
+            len(clean) == len(default) if default else None,
+        )
+    )
     section.tables = [table, latency]
     section.notes = [
         f"load average before: {load_before}, after: {load_average()}",

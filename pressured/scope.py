@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from pressured.actuator import Actuator
+from pressured.attribution import unattributed_recheck
 from pressured.config import ScopeSettings
 from pressured.episode import EpisodeRules, RefaultReading, follow_episode, read_refaults
 from pressured.errors import KernelError
@@ -46,6 +47,7 @@ from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.presence import GroupReturn
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.observe import DecisionObserver, report_decision
+from pressured.policies.base import Decision
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
 from pressured.scan.kept import KeptSkims, prewarm_scope, release_departed
@@ -393,6 +395,11 @@ class ScopeRunner:
                 log.warning(
                     "scan.problem", scope=self.name, pid=problem.pid, problem=problem.problem
                 )
+            unattributed = unattributed_recheck(
+                event, snapshot, self.settings.recheck_refaults_per_s
+            )
+            if unattributed is not None:
+                return snapshot, ChainResult(Decision.no_action(unattributed))
             self.decision_phase = "policies"
             return snapshot, await self.chain.decide(snapshot, self.guard.check)
         finally:

@@ -18,6 +18,8 @@ SECTIONS = {
     "episodes": ("episodes", "episodes_pollers"),
     "idle": ("idle",),
     "startup": ("startup_times", "startup_trigger_close", "startup_imports"),
+    "victims": ("victims", "victims_decision"),
+    "group_kill": ("group_kill",),
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.pressure]

@@ -88,3 +88,30 @@ def test_quiet_group_ends_the_episode_without_another_kill(
     assert [k.pid for k in kills] == [thrasher.pid]
     assert not any(isinstance(i, PressureEvent) and i.source is EventSource.RECHECK for i in items)
     assert idle.poll() is None
+
+
+def test_recheck_with_nobody_faulting_kills_no_one(
+    run_async: RunAsync, scratch: ScratchGroup
+) -> None:
+    """A recheck says "the scope still refaults"; when no live process in it faults, the
+    refaults are not anyone's doing (seen in CI 1.2 s after a ``cgroup.kill``: the default
+    chain fell back to size and took a sleeping 35 MiB bystander). Nobody dies."""
+    hogs = [scratch.spawn_workload("hog", "20") for _ in range(2)]
+
+    async def offer_recheck() -> list[ControllerEvent]:
+        async with Controller(settings_for(scratch)) as controller:
+            collecting = asyncio.create_task(collect(controller, 1.5))
+            await asyncio.sleep(0)
+            controller.scopes[0]._offer(
+                PressureEvent(
+                    scope=scratch.path,
+                    level="some",
+                    source=EventSource.RECHECK,
+                    detail={"refaults_per_s": 5000.0},
+                )
+            )
+            return await collecting
+
+    items: list[ControllerEvent] = run_async(offer_recheck())
+    assert [item for item in items if isinstance(item, KillRecord)] == []
+    assert [hog.poll() for hog in hogs] == [None, None]
