@@ -217,6 +217,21 @@ def test_children_and_all_members(scratch: ScratchGroup) -> None:
     assert scratch.group.all_members() == [proc.pid]
 
 
+def test_child_groups_find_their_memory_under_the_scopes_v1_memcg(scratch: ScratchGroup) -> None:
+    """On a hybrid host the scope's v1 memcg need not mirror its v2 path (the scratch group's
+    does not: it sits under this process's own memcg). A child group's memory is then under
+    the scope's memcg, not at the child's mirrored v2 path; without that, cgroup policies
+    ranked every child at zero bytes."""
+    child = scratch.child("worker", limit_bytes=48 * MIB)
+    scratch.spawn_workload("hog", "16", group=child)
+    [found] = scratch.group.children()
+    figures = found.memory()
+    if scratch.layout.mode is LayoutMode.HYBRID:
+        assert found.memcg_v1_path == f"{scratch.memcg_path}/worker"
+    assert figures.limit_bytes == 48 * MIB
+    assert 16 * MIB <= figures.current_bytes <= 48 * MIB
+
+
 def test_freeze_and_thaw(scratch: ScratchGroup) -> None:
     """Freezing sets cgroup.events 'frozen 1' with a member inside; thawing clears it."""
     proc = scratch.spawn_workload("sleep")

@@ -271,11 +271,21 @@ class Cgroup:
         return _parse_pids(_read_text(self.file("cgroup.procs")), str(self.file("cgroup.procs")))
 
     def children(self) -> list[Cgroup]:
-        return [
-            Cgroup(self.layout, f"{self.path.rstrip('/')}/{entry.name}")
-            for entry in os.scandir(self.directory)
-            if entry.is_dir(follow_symlinks=False)
-        ]
+        """The direct subgroups. On a hybrid host whose v1 memcg for this group is not at the
+        mirrored v2 path (configured, or found from its members), a child's memcg is looked
+        for under this group's, where a tree built beside the v2 one puts it; otherwise at its
+        own mirrored path, as for any group."""
+        children = []
+        for entry in os.scandir(self.directory):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            child_v1: str | None = None
+            if self.memcg_v1_path is not None and self.layout.memory_v1 is not None:
+                beside = f"{self.memcg_v1_path.rstrip('/')}/{entry.name}"
+                if _join(self.layout.memory_v1, beside).is_dir():
+                    child_v1 = beside
+            children.append(Cgroup(self.layout, f"{self.path.rstrip('/')}/{entry.name}", child_v1))
+        return children
 
     def all_members(self) -> list[int]:
         """PIDs in this group and every descendant."""
