@@ -15,14 +15,11 @@ import socket
 from pathlib import Path
 
 from pressured.errors import ConfigError
+from pressured.ops.journalfile import UnsafeJournalError, open_journal_fd
 
 __all__ = ["check_journal_path", "reserve_port"]
 
 LISTEN_BACKLOG = 100
-# The same flags and modes the kill journal opens with: a path that fails here fails there.
-_JOURNAL_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_JOURNAL_MODE = 0o600
-_JOURNAL_DIR_MODE = 0o750
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -55,14 +52,19 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def check_journal_path(path: str | os.PathLike[str]) -> None:
-    """Create the journal's directory and file (mode 0600) if missing, as the journal would.
+    """Open the journal's file exactly as the journal will (create it 0600, refuse a path within
+    another user's reach), then close it: a path accepted here is one the journal can use.
 
-    Only opens and closes: nothing is read, so the check costs no disk read under pressure.
-    Raises :class:`ConfigError` for ``journal.path``.
+    Only opens and closes (and reads the last byte of a non-empty file): no disk read to speak
+    of under pressure. Raises :class:`ConfigError` for ``journal.path``.
     """
-    journal = Path(path)
     try:
-        journal.parent.mkdir(mode=_JOURNAL_DIR_MODE, parents=True, exist_ok=True)
-        os.close(os.open(journal, _JOURNAL_FLAGS, _JOURNAL_MODE))
+        fd, _torn = open_journal_fd(Path(path))
     except OSError as exc:
-        raise ConfigError("journal.path", f"cannot open {journal}: {exc.strerror}") from None
+        reason = (
+            exc.strerror
+            if isinstance(exc, UnsafeJournalError)
+            else f"cannot open {path}: {exc.strerror}"
+        )
+        raise ConfigError("journal.path", str(reason)) from None
+    os.close(fd)

@@ -115,6 +115,27 @@ def test_unwritable_journal_is_a_config_error_before_anything_is_armed(
     assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
 
 
+@pytest.mark.kernel
+def test_journal_in_a_directory_others_can_write_stops_start_up_before_arming(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """The start-up check is the journal's own open: a directory others can write (they could
+    swap the file) is refused before anything is armed, not after the daemon runs."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = write_config(
+        tmp_path / "p.toml",
+        scope_config(scratch.path, scratch.memcg_path)
+        + f'\n[journal]\npath = "{shared}/kills.jsonl"\n',
+    )
+    with Daemon(config) as daemon:
+        assert daemon._running().wait(30) == EXIT_CONFIG
+    assert "writable by group or others" in daemon.stderr_text()
+    assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
+    assert not (shared / "kills.jsonl").exists()
+
+
 SLOW_POLICY = """\
 import os
 import time
