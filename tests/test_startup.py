@@ -282,3 +282,45 @@ def test_builtin_policy_table_matches_the_builtin_policies() -> None:
     for name, cls in classes.items():
         assert builtin_policy(name) is cls
     assert builtin_policy("no_such_policy") is None
+
+
+# Runs `pressured run` with an audit hook that counts the files opened until the first trigger
+# is armed (the open of a memory.pressure file), prints the count and exits there.
+OPENS_UNTIL_ARMED = """\
+import json, os, runpy, sys
+opened = []
+def hook(event, args):
+    if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path = os.fsdecode(args[0])
+    if path.endswith("memory.pressure"):
+        sys.stderr.write("OPENED " + json.dumps(opened) + "\\n")
+        os._exit(0)
+    opened.append(path)
+sys.addaudithook(hook)
+sys.argv = ["pressured", "run", "--dry-run", "--cgroup", sys.argv[1]]
+runpy.run_module("pressured", run_name="__main__")
+"""
+
+
+@pytest.mark.kernel
+def test_start_up_reads_no_package_metadata_before_arming(scratch: ScratchGroup) -> None:
+    """pydantic looks for its plugins in every installed distribution's metadata when the
+    first model is built: 37 files here before the triggers were armed, each a disk read on a
+    thrashing host whose page cache lost them. The daemon reads none."""
+    env = {**os.environ, "PRESSURED_METRICS__ENABLED": "false"}
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", OPENS_UNTIL_ARMED, scratch.path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = next((x for x in done.stderr.splitlines() if x.startswith("OPENED ")), None)
+    assert line is not None, done.stderr[-2000:]
+    opened = json.loads(line.removeprefix("OPENED "))
+    assert any(path.endswith(".py") or ".pyc" in path for path in opened)  # the probe works
+    metadata = [p for p in opened if ".dist-info" in p or ".egg-info" in p]
+    assert metadata == []

@@ -15,6 +15,13 @@ from typing import Protocol
 
 from pressured import __version__
 
+# pydantic looks for plugins of its own in every installed distribution's metadata the first
+# time a model is built: dozens of file reads before the daemon arms its triggers, each a disk
+# read on a thrashing host that has evicted them (tests/test_startup.py counts them). The
+# command has no use for pydantic plugins; library users keep pydantic's default, and a value
+# set in the environment wins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 # name -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pressured.cli.run", "run the controller (the daemon) in the foreground"),
