@@ -55,10 +55,11 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.journal: KillJournal | None = None
         self.server: OpsServer | None = None
-        # A pre-kill hook sits on the kill path, so its runner is needed to act: build it
-        # before arming. Without one, hooks are set up with the other operations pieces.
+        # Built before arming: a pre-kill hook sits on the kill path, and building the runner
+        # checks every hook program, so a bad one is a config error before anything is armed
+        # (not a daemon that arms and then exits). It only resolves paths: no process starts.
         self.hooks: HookRunner | None = None
-        if settings.hooks.pre_kill:
+        if settings.hooks.pre_kill or settings.hooks.post_kill:
             from pressured.ops.hooks import HookRunner
 
             self.hooks = HookRunner(settings.hooks, observer=self._observe_hook)
@@ -95,10 +96,6 @@ class Daemon:
             pressure_cache_s=settings.metrics.pressure_cache_s, loop_name=settings.daemon.loop
         )
         sinks: list[Sink] = [metrics]
-        if self.hooks is None and settings.hooks.post_kill:
-            from pressured.ops.hooks import HookRunner
-
-            self.hooks = HookRunner(settings.hooks, observer=self._observe_hook)
         if self.hooks is not None:
             sinks.append(self.hooks)
         if settings.journal.path:

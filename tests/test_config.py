@@ -306,6 +306,20 @@ def test_check_reports_every_scopes_policy_problem_at_once(tmp_path: Path) -> No
     assert "scopes.1.policies.0.name" in done.stderr
 
 
+def test_check_reports_every_unusable_hook(tmp_path: Path) -> None:
+    """`check` tests hooks as the daemon does before arming: a missing program and an https
+    URL are both named, each with its field (before, `check` accepted both)."""
+    path = write(
+        tmp_path,
+        f"[[hooks.pre_kill]]\ncommand = ['{tmp_path}/no-such-program']\n"
+        "[[hooks.post_kill]]\nurl = 'https://example.invalid/kill'\n",
+    )
+    done = run_cli("check", "-c", str(path))
+    assert done.returncode == 2, done.stdout
+    assert "hooks.pre_kill.0.command" in done.stderr
+    assert "hooks.post_kill.0.url" in done.stderr
+
+
 def test_check_reports_every_invalid_value_at_once(tmp_path: Path) -> None:
     """Three bad values in one file: all three are printed, each with its field."""
     path = write(

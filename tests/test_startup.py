@@ -136,6 +136,24 @@ def test_journal_in_a_directory_others_can_write_stops_start_up_before_arming(
     assert not (shared / "kills.jsonl").exists()
 
 
+@pytest.mark.kernel
+def test_missing_post_kill_hook_program_stops_start_up_before_arming(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """Post-kill hooks start after arming, but their programs are checked before it: a daemon
+    that arms and then exits on a typo in a hook path would flap under systemd."""
+    missing = tmp_path / "no-such-hook"
+    config = write_config(
+        tmp_path / "p.toml",
+        scope_config(scratch.path, scratch.memcg_path)
+        + f'\n[[hooks.post_kill]]\ncommand = ["{missing}"]\n',
+    )
+    with Daemon(config) as daemon:
+        assert daemon._running().wait(30) == EXIT_CONFIG
+    assert "hooks.post_kill.0.command" in daemon.stderr_text()
+    assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
+
+
 SLOW_POLICY = """\
 import os
 import time

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         settings = settings_from_args(args, resolve_pod=False)
+        check_hooks(settings, config_path(args))
         if not args.no_policies:
             check_policies(settings, config_path(args))
     except (ConfigError, UnsafeFileError) as exc:
@@ -80,6 +81,26 @@ def check_policies(settings: Settings, source: str | None = None) -> None:
             problems.extend(exc.problems)
         except ConfigError as exc:
             problems.append((exc.field, exc.reason))
+    if problems:
+        raise ConfigErrors(problems, source)
+
+
+def check_hooks(settings: Settings, source: str | None = None) -> None:
+    """Check every hook as the daemon will before arming (a program that exists, is
+    executable and only root can change; an http:// URL); raise one ConfigErrors with all."""
+    from pressured.config import ConfigErrors
+    from pressured.ops.hooks import build_hook
+
+    problems: list[tuple[str, str]] = []
+    for stage, hooks in (
+        ("pre_kill", settings.hooks.pre_kill),
+        ("post_kill", settings.hooks.post_kill),
+    ):
+        for index, hook in enumerate(hooks):
+            try:
+                build_hook(f"hooks.{stage}.{index}", hook)
+            except ConfigError as exc:
+                problems.append((exc.field, exc.reason))
     if problems:
         raise ConfigErrors(problems, source)
 

@@ -197,6 +197,17 @@ def _search_path(name: str) -> str | None:
     return None
 
 
+def build_hook(field: str, hook: HookSettings) -> _Hook:
+    """One configured hook, checked (``field`` names it in errors): its URL parsed, or its
+    program found and trusted. Raises :class:`~pressured.errors.ConfigError`; starts nothing.
+    ``pressured check`` calls it for every hook, the daemon before arming."""
+    if hook.url is not None:
+        return _Hook(field, hook, _parse_url(hook.url, f"{field}.url"))
+    if hook.command:
+        return _Hook(field, hook, None, _resolve_program(hook.command[0], f"{field}.command"))
+    raise ConfigError(field, "a hook needs a command or a url")
+
+
 class HookRunner:
     """Runs the configured hooks. Also a :class:`~pressured.ops.Sink` (post-kill on kills).
 
@@ -215,17 +226,7 @@ class HookRunner:
 
     @staticmethod
     def _build(stage: Stage, hooks: tuple[HookSettings, ...]) -> tuple[_Hook, ...]:
-        built = []
-        for index, hook in enumerate(hooks):
-            field = f"hooks.{stage}.{index}"
-            if hook.url is not None:
-                built.append(_Hook(field, hook, _parse_url(hook.url, f"{field}.url")))
-            elif hook.command:
-                executable = _resolve_program(hook.command[0], f"{field}.command")
-                built.append(_Hook(field, hook, None, executable))
-            else:
-                raise ConfigError(field, "a hook needs a command or a url")
-        return tuple(built)
+        return tuple(build_hook(f"hooks.{stage}.{index}", hook) for index, hook in enumerate(hooks))
 
     @property
     def enabled(self) -> bool:
