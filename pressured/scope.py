@@ -46,14 +46,14 @@ from pressured.kernel.memcg_v1 import resolve_memory_source
 from pressured.monitors.availability import AvailabilityMonitor
 from pressured.monitors.presence import GroupReturn
 from pressured.monitors.psi import ArmedTrigger, TriggerSet
-from pressured.observe import DecisionObserver, report_decision
+from pressured.observe import DecisionObserver, report_decision, report_scan
 from pressured.policies.base import Decision
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
 from pressured.scan.kept import KeptSkims, prewarm_scope, release_departed
 from pressured.scan.plan import plan_for
 from pressured.scan.stages import StageClock
-from pressured.snapshot import RecentKill, ScanProgress, Snapshot, take_snapshot
+from pressured.snapshot import RecentKill, Snapshot, take_snapshot
 from pressured.starvation import StarvationCheck
 
 log = structlog.get_logger("pressured.scope")
@@ -134,9 +134,8 @@ class ScopeRunner:
         self.history = ProcessHistory(
             proc_root=proc_root, resample_s=RESAMPLE_S * chain.wants_history
         )
-        # The scan's state for /healthz (when the running scan began) and its command-line
-        # reader: a disposable thread, so a process stuck in a fault cannot hold the I/O pool.
-        self.scan_progress = ScanProgress()
+        # The scan's command-line reader: a disposable thread, so a process stuck in a fault
+        # cannot hold the I/O pool.
         self.cmdlines = CmdlineReader(proc_root=proc_root)
         self.kept_skims = KeptSkims(proc_root)  # skim files kept open between events
         self.scan_deadline_s = 2.0
@@ -367,7 +366,6 @@ class ScopeRunner:
                 clock=self.scan_clock,
                 plan=plan,
                 cmdlines=self.cmdlines,
-                progress=self.scan_progress,
                 kept=self.kept_skims,
             )
             # Growth needs history (or a short second sample); then say if protection keeps
@@ -426,6 +424,7 @@ class ScopeRunner:
         self.stats.decisions += 1
         decision = result.decision
         if self.observer is not None:
+            report_scan(self.observer, self.name, snapshot)
             report_decision(
                 self.observer, self.name, result, (decided_ns - event.monotonic_ns) / 1e9
             )

@@ -7,7 +7,6 @@ I/O worker thread in one hop. Policies only ever see the resulting :class:`Snaps
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -176,36 +175,6 @@ def is_candidate(record: ProcessRecord, self_pid: int) -> bool:
     )
 
 
-class ScanProgress:
-    """Where the scan of a scope stands, readable from any thread (for ``/healthz``): the
-    monotonic time the running scan started, or None between scans."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started_ns: int | None = None
-        self.scans = 0
-        self.partial = 0
-        self.empty = 0
-        self.problems = 0
-        """Scan problems (unreadable or malformed files, cgroup errors) over all scans."""
-
-    def begin(self) -> None:
-        with self._lock:
-            self.started_ns = time.monotonic_ns()
-
-    def end(self, snapshot: Snapshot) -> None:
-        with self._lock:
-            self.started_ns = None
-            self.scans += 1
-            self.partial += not snapshot.complete
-            self.empty += scan_is_empty(snapshot)
-            self.problems += len(snapshot.problems)
-
-    def running_for_s(self) -> float | None:
-        started = self.started_ns
-        return None if started is None else (time.monotonic_ns() - started) / 1e9
-
-
 def scan_is_empty(snapshot: Snapshot) -> bool:
     """Nothing at all was read of a scope that has members: never "no candidate"."""
     return (
@@ -265,7 +234,6 @@ def take_snapshot(
     protection: Callable[[ProcessRecord], str | None] | None = None,
     plan: ScanPlan | None = None,
     cmdlines: CmdlineReader | Literal["shared", "inline"] = "shared",
-    progress: ScanProgress | None = None,
     clock: Callable[[], float] = time.monotonic,
     kept: KeptSkims | None = None,
 ) -> Snapshot:
@@ -284,8 +252,6 @@ def take_snapshot(
     files open between scans (:mod:`pressured.scan.kept`). Past ``deadline_s`` the snapshot
     holds what was read (``complete`` False) and policies still rank it.
     """
-    if progress is not None:
-        progress.begin()
     started_mono = time.monotonic_ns()
     started = time.perf_counter_ns()
     deadline = clock() + deadline_s
@@ -356,8 +322,6 @@ def take_snapshot(
         cgroups_read_ns=cgroups_read_ns,
     )
     _log_shortfalls(snapshot)
-    if progress is not None:
-        progress.end(snapshot)
     return snapshot
 
 

@@ -136,6 +136,7 @@ def exercised_metrics() -> Metrics:
         await metrics.on_kill(record)
 
     asyncio.run(feed())
+    metrics.observe_scan("/jobs", "partial", 2)
     metrics.observe_decision("/jobs", 0.002, "kill")
     metrics.observe_policy("oom_score", 0.001, "timeout")
     metrics.observe_hook("post_kill", "ok", 0.01)

@@ -12,6 +12,9 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
 
+    def observe_scan(self, scope: str, outcome: str, problems: int) -> None:
+        self.calls.append(("scan", scope, outcome, str(problems)))
+
     def observe_decision(self, scope: str, duration_s: float, outcome: str) -> None:
         self.calls.append(("decision", scope, outcome))
 

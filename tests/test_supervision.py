@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, KillRecord, PressureEvent
+from pressured.ops.metrics import Metrics
 from pressured.supervision import Backoff, TaskRecord, supervise
 from pressured.testing.scratch import ScratchGroup
 
@@ -116,9 +117,12 @@ def test_a_crashing_scope_is_restarted_and_the_other_scope_keeps_killing(
 
 
 async def threaded_child_then_kill(
-    broken: ScratchGroup, healthy: ScratchGroup, victim: subprocess.Popen[bytes]
+    broken: ScratchGroup,
+    healthy: ScratchGroup,
+    victim: subprocess.Popen[bytes],
+    metrics: Metrics,
 ) -> tuple[KillRecord, bool]:
-    async with Controller(scopes_for(broken, healthy), backoff=FAST) as controller:
+    async with Controller(scopes_for(broken, healthy), backoff=FAST, metrics=metrics) as controller:
         failing, working = controller.scopes
         failing._offer(manual(broken))
         await until(lambda: failing.stats.events >= 1 and failing.decision_started is None)
@@ -142,10 +146,15 @@ def test_a_threaded_child_group_does_not_stop_the_other_scope(
     (threaded / "cgroup.type").write_text("threaded")
     scratch.spawn_workload("sleep", group=domain)
     victim = second_scratch.spawn_workload("hog", "16")
-    killed, running = run_async(threaded_child_then_kill(scratch, second_scratch, victim))
+    metrics = Metrics()
+    killed, running = run_async(threaded_child_then_kill(scratch, second_scratch, victim, metrics))
     assert killed.pid == victim.pid
     assert running
     assert victim.wait(10) == -signal.SIGKILL
+    # The problem is counted where an operator sees it, per scope: the broken one only.
+    assert (metrics.value("pressured_scan_problems_total", {"scope": scratch.path}) or 0) >= 1
+    assert metrics.value("pressured_scan_problems_total", {"scope": second_scratch.path}) is None
+    assert metrics.value("pressured_scans_total", {"scope": scratch.path, "outcome": "complete"})
 
 
 async def fail_fast_forever(runs: int) -> TaskRecord:

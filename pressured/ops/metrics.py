@@ -218,6 +218,20 @@ class Metrics:
             buckets=POLICY_BUCKETS,
             registry=r,
         )
+        self.scans = Counter(
+            "pressured_scans",
+            "Snapshots taken, by outcome: complete, partial (the scan deadline cut it short) or "
+            "empty (nothing read of a scope with members).",
+            ["scope", "outcome"],
+            registry=r,
+        )
+        self.scan_problems = Counter(
+            "pressured_scan_problems",
+            "Files a scan could not read and cgroup errors met while scanning (each also "
+            "logged as scan.problem).",
+            ["scope"],
+            registry=r,
+        )
         self.policy_failures = Counter(
             "pressured_policy_failures",
             "Policy runs that failed, by kind (timeout, error, invalid, disabled, ...).",
@@ -301,6 +315,12 @@ class Metrics:
         choose several victims (each gets its own record).
         """
         self.decision_seconds.labels(scope, outcome).observe(max(0.0, duration_s))
+
+    def observe_scan(self, scope: str, outcome: str, problems: int) -> None:
+        """One snapshot: ``outcome`` is ``"complete"``, ``"partial"`` or ``"empty"``."""
+        self.scans.labels(scope, outcome).inc()
+        if problems:
+            self.scan_problems.labels(scope).inc(problems)
 
     def observe_policy(self, policy: str, duration_s: float, failure_kind: str | None) -> None:
         """One run of one policy; ``failure_kind`` None means it returned a valid decision."""
