@@ -136,6 +136,7 @@ class Controller:
             settings.guard,
             self_cgroup=self_cgroup,
             proc_root=settings.daemon.proc_root,
+            layout=self.layout,
             pacing=self.pacing,
             deaths=self.deaths,
         )

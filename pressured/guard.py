@@ -20,6 +20,7 @@ import structlog
 from pressured.config import GuardSettings
 from pressured.deathwatch import DeathWatch
 from pressured.events import VictimKind
+from pressured.kernel.cgroupfs import CgroupLayout
 from pressured.kernel.procfs import ProcessRecord
 from pressured.pacing import Clock, Pacing
 from pressured.policies.base import Victim
@@ -48,13 +49,18 @@ class Guard:
         pacing: Pacing | None = None,
         deaths: DeathWatch | None = None,
         proc_root: str = "/proc",
+        layout: CgroupLayout | None = None,
     ) -> None:
         self.settings = settings
         self.self_pid = os.getpid() if self_pid is None else self_pid
         self.self_cgroup = self_cgroup
         self._clock = clock
         self.protection = Protection(
-            settings, self_pid=self.self_pid, self_cgroup=self_cgroup, proc_root=proc_root
+            settings,
+            self_pid=self.self_pid,
+            self_cgroup=self_cgroup,
+            proc_root=proc_root,
+            layout=layout,
         )
         self.pacing_state = pacing or Pacing(clock)
         self.deaths = deaths

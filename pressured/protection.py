@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import structlog
 
 from pressured.config import GuardSettings, ProtectRule
+from pressured.kernel.cgroupfs import CgroupLayout
 from pressured.kernel.procfs import ProcessRecord
+from pressured.oomd_marks import OmitMarks
 
 log = structlog.get_logger("pressured.protection")
 
@@ -151,8 +153,11 @@ class Protection:
         self_pid: int,
         self_cgroup: str | None = None,
         proc_root: str = "/proc",
+        layout: CgroupLayout | None = None,
     ) -> None:
         self.settings = settings
+        # systemd's ManagedOOMPreference=omit, for the marked group and everything below it.
+        self.omit_marks = OmitMarks(layout) if layout is not None else None
         self.self_pid = self_pid
         self.self_cgroup = self_cgroup
         self.proc_root = proc_root
@@ -221,6 +226,9 @@ class Protection:
         root = within(record.cgroup, self.settings.protect_cgroups)
         if root is not None:
             return f"in protected cgroup {root}"
+        omitted = self._omitted(record.cgroup)
+        if omitted is not None:
+            return omitted
         if record.uid in self._uids:
             return f"protected uid {record.uid}"
         identity = exe_identity(record, self.proc_root)
@@ -256,4 +264,10 @@ class Protection:
         root = within(path, self.settings.protect_cgroups)
         if root is not None:
             return f"protected cgroup {root}"
-        return None
+        return self._omitted(path)
+
+    def _omitted(self, path: str | None) -> str | None:
+        marked = self.omit_marks.marked(path) if self.omit_marks is not None else None
+        if marked is None:
+            return None
+        return f"cgroup {marked} is marked omit (systemd ManagedOOMPreference=omit)"

@@ -20,6 +20,7 @@ from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout, MemoryFigures
 from pressured.kernel.procfs import ProcessRecord, ScanProblem
 from pressured.kernel.psi import Pressure
+from pressured.oomd_marks import AVOID_XATTRS, OMIT_XATTRS, PREFER_XATTRS
 from pressured.scan.cmdline import CmdlineReader, shared_reader
 from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import ScanPlan
@@ -184,11 +185,6 @@ def scan_is_empty(snapshot: Snapshot) -> bool:
     )
 
 
-_XATTR_PREFER = ("trusted.oomd_prefer", "user.oomd_prefer")
-_XATTR_AVOID = ("trusted.oomd_avoid", "user.oomd_avoid")
-_XATTR_OMIT = ("trusted.oomd_omit", "user.oomd_omit")
-
-
 def read_cgroup_record(
     group: Cgroup, *, with_pressure: bool = True, pids: tuple[int, ...] | None = None
 ) -> CgroupRecord:
@@ -214,9 +210,9 @@ def read_cgroup_record(
         pressure=pressure,
         pids=tuple(group.all_members()) if pids is None else pids,
         reclaim_pages=stat.get("pgscan", stat.get("total_pgpgout", 0)),
-        prefer=any(name in xattrs for name in _XATTR_PREFER),
-        avoid=any(name in xattrs for name in _XATTR_AVOID),
-        omit=any(name in xattrs for name in _XATTR_OMIT),
+        prefer=any(name in xattrs for name in PREFER_XATTRS),
+        avoid=any(name in xattrs for name in AVOID_XATTRS),
+        omit=any(name in xattrs for name in OMIT_XATTRS),
     )
 
 

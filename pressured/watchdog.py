@@ -109,7 +109,9 @@ class Watchdog:
         self.loop = loop
         self.scopes = scopes
         self.stall_limit_s = stall_limit_s
-        self.guard = Guard(guard_settings, self_cgroup=self_cgroup, pacing=pacing, deaths=deaths)
+        self.guard = Guard(
+            guard_settings, self_cgroup=self_cgroup, pacing=pacing, deaths=deaths, layout=layout
+        )
         self.publish = publish
         self._records: queue.SimpleQueue[KillRecord] = queue.SimpleQueue()
         self._publishing: set[asyncio.Task[None]] = set()

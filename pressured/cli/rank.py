@@ -32,7 +32,7 @@ async def _rank(settings: Settings, level: str, top: int) -> list[dict[str, Any]
     out = []
     for index, scope in enumerate(settings.scopes):
         chain = PolicyChain.from_settings(scope.policies, f"scopes.{index}.policies")
-        guard = Guard(settings.guard, self_cgroup=self_cgroup)
+        guard = Guard(settings.guard, self_cgroup=self_cgroup, layout=layout)
         event = PressureEvent(
             scope=scope.cgroup or SYSTEM_SCOPE, level=level, source=EventSource.MANUAL
         )
