@@ -133,8 +133,9 @@ def test_hog_with_lower_adj_than_a_bystander_still_dies(thrash_file: str, tmp_pa
 
 
 def test_oomd_omit_xattr_is_read_and_the_group_never_chosen(scratch: ScratchGroup) -> None:
-    """systemd's user.oomd_omit on a child group: the snapshot sees it, no cgroup policy picks
-    that group and the culprit policy skips its processes."""
+    """systemd's user.oomd_omit on a child group is read into its cgroup record (and a plain
+    group's is not). That no policy kills inside such a group is
+    tests/test_protection_omit.py's."""
     child: Cgroup = scratch.child("omitted")
     try:
         os.setxattr(child.directory, "user.oomd_omit", b"1")
