@@ -24,16 +24,17 @@ is timed from its trigger event (median and max: the tail is the point).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from benchmarks.common import Config, Progress, Section, Summary, Table, Target, fmt_ms
 from benchmarks.svgplot import loglog_svg
@@ -434,6 +435,20 @@ def _span(stages: dict[str, float] | None, start: str, end: str) -> float | None
     return stages[end] - stages[start]
 
 
+@contextlib.contextmanager
+def _logs_to(stream: TextIO) -> Iterator[None]:
+    """pressured's in-process log lines go to ``stream`` inside the block, and to stderr after
+    it: a later section's warning must not be printed to a file this one has closed (a cmdline
+    read timing out in the victims section under CI load crashed the suite that way)."""
+    from pressured.logs import configure_logging
+
+    configure_logging("json", "info", stream=stream)
+    try:
+        yield
+    finally:
+        configure_logging("json", "info", stream=sys.stderr)
+
+
 def run(config: Config, progress: Progress) -> Section:
     from pressured.testing.scratch import scratch_unavailable_reason
 
@@ -495,12 +510,9 @@ def run(config: Config, progress: Progress) -> Section:
         main.notes.append(f"skipped: {reason}")
         _targets(section, {})
         return section
-    from pressured.logs import configure_logging
-
     p99s: dict[int, float] = {}
     curves: dict[str, list[tuple[float, float]]] = {}
-    with open(os.devnull, "w", encoding="utf-8") as devnull:
-        configure_logging("json", "info", stream=devnull)
+    with open(os.devnull, "w", encoding="utf-8") as devnull, _logs_to(devnull):
         for processes in config.reaction_sizes:
             timings, baseline, in_scope, costs, floors = one_size(processes, config, progress)
             floors_by_size[in_scope] = floors
