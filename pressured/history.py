@@ -13,6 +13,11 @@ again (one small read each, no mmap lock), so the policy sees what each process 
 process (``benchmarks/victims.py`` prints it); decisions later in the episode use the previous
 snapshot and pay nothing.
 
+A scan that reads ``/proc/PID/stat`` of every process for a family policy
+(:mod:`pressured.scan.families`) takes its rates itself, against the stat reading it keeps
+from the previous event (or a second reading of everyone when none is recent): such a
+snapshot (``rates_sampled``) is only remembered here.
+
 Runs on the I/O worker thread, like the scan.
 """
 
@@ -107,7 +112,11 @@ class ProcessHistory:
         second sample when history has nothing usable for its candidates; then remember it."""
         generation = self.usable(snapshot.taken_monotonic_ns)
         candidates = snapshot.candidates
-        if generation is not None and any(p.identity in generation.samples for p in candidates):
+        if snapshot.rates_sampled:
+            # The scan took rates for every process from its stat skim (a family policy's
+            # fast path): a second sample of the finalists alone would rank on other figures.
+            completed = snapshot
+        elif generation is not None and any(p.identity in generation.samples for p in candidates):
             completed = dataclasses.replace(snapshot, previous=generation.samples)
         elif candidates and self.resample_s > 0:
             completed = self._resample(snapshot)

@@ -25,18 +25,20 @@ winner beat the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import Field
 
 from pressured.family import family_roots
+from pressured.history import MIN_INTERVAL_S, RESAMPLE_S, STALE_AFTER_S
 from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.policies.common import MIB, killable, mib, omitted_groups, ranking_of
 from pressured.policies.patterns import ProcessPattern, any_match
 from pressured.protection import within
+from pressured.scan.plan import FamilyKey, FamilyOrder, PolicyNeed
 from pressured.snapshot import ProcessSample, Snapshot
 
 
@@ -129,12 +131,62 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
     Options = CulpritOptions
     wants_history: ClassVar[bool] = True
 
+    def scan_key(self) -> PolicyNeed:
+        # Demand and size come from /proc/PID/stat alone: the scan bounds every family from
+        # one lock-free read per process and reads full records of the top families only.
+        return FamilyKey(
+            rank=self._rank_for_scan,
+            min_demand_bytes_per_s=self.options.min_demand_mib_per_s * MIB,
+            families=self.options.families,
+            resample_s=RESAMPLE_S,
+            min_interval_s=MIN_INTERVAL_S,
+            stale_after_s=STALE_AFTER_S,
+        )
+
+    def _rank_for_scan(
+        self,
+        candidates: Sequence[ProcessRecord],
+        previous: Mapping[tuple[int, int], ProcessSample],
+        now_ns: int,
+        omitted: tuple[str, ...],
+    ) -> list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]]:
+        figures = self.rank_records(candidates, previous, now_ns, omitted, {})
+        return [(self.order(f), f.members) for f in figures]
+
+    def order(self, f: FamilyFigures) -> FamilyOrder:
+        """Where a family ranks (higher first): the rate rule, demand, size, then the younger
+        root, then the higher PID."""
+        floor = self.options.min_demand_mib_per_s * MIB
+        culprit = int(f.interval_s is not None and f.demand_bytes_per_s >= floor)
+        demand = f.demand_bytes_per_s if culprit else 0.0
+        return (culprit, demand, f.size_bytes, f.root.start_time, f.root.pid)
+
     def rank(self, snapshot: Snapshot) -> list[FamilyFigures]:
         """Every family with its figures, best victim first."""
-        omitted = omitted_groups(snapshot)
+        pressure = {
+            g.path: g.pressure.some.avg10 for g in snapshot.cgroups[1:] if g.pressure is not None
+        }
+        return self.rank_records(
+            snapshot.candidates,
+            snapshot.previous,
+            snapshot.taken_monotonic_ns,
+            omitted_groups(snapshot),
+            pressure,
+        )
+
+    def rank_records(
+        self,
+        candidates: Sequence[ProcessRecord],
+        previous: Mapping[tuple[int, int], ProcessSample],
+        now_ns: int,
+        omitted: tuple[str, ...],
+        pressure: Mapping[str, float],
+    ) -> list[FamilyFigures]:
+        """The families of ``candidates`` with their figures, best victim first (the one
+        ranking of the policy and of its fast scan)."""
         eligible = [
             p
-            for p in snapshot.candidates
+            for p in candidates
             if killable(p)
             and not any_match(self.options.ignore, p)
             and within(p.cgroup, omitted) is None
@@ -143,14 +195,9 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             families = [(root, (root, *rest)) for root, rest in family_roots(eligible)]
         else:
             families = [(p, (p,)) for p in eligible]
-        pressure = {
-            g.path: g.pressure.some.avg10 for g in snapshot.cgroups[1:] if g.pressure is not None
-        }
         figures = []
         for root, members in families:
-            faults, growth, majflt, interval = measure(
-                members, snapshot.previous, snapshot.taken_monotonic_ns
-            )
+            faults, growth, majflt, interval = measure(members, previous, now_ns)
             group = next(
                 (avg for path, avg in pressure.items() if within(root.cgroup, (path,))), None
             )
@@ -166,14 +213,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
                     group_some_avg10=group,
                 )
             )
-        floor = self.options.min_demand_mib_per_s * MIB
-
-        def key(f: FamilyFigures) -> tuple[int, float, int, int, int]:
-            culprit = int(f.interval_s is not None and f.demand_bytes_per_s >= floor)
-            demand = f.demand_bytes_per_s if culprit else 0.0
-            return (culprit, demand, f.size_bytes, f.root.start_time, f.root.pid)
-
-        return sorted(figures, key=key, reverse=True)
+        return sorted(figures, key=self.order, reverse=True)
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
         ranked = self.rank(snapshot)

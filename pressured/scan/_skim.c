@@ -9,6 +9,10 @@
  * (ENOENT, ESRCH), complete 0 when CLOCK_MONOTONIC passed deadline_ns (checked every 64
  * PIDs after the first 64; deadline_ns < 0: none). Same contract as
  * pressured.kernel.procfs.skim_python, which is the reference and the fallback.
+ *
+ * which = 2 reads /proc/PID/stat instead and gives, per PID, the tuple (state, ppid, pgrp,
+ * session, flags, minflt, majflt, starttime, rss pages) in place of one number: the same
+ * tuple as pressured.kernel.procfs.parse_stat_line.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,6 +28,54 @@
 #define SKIM_MINIMUM 64
 
 enum outcome { OK = 0, VANISHED = 1, FAILED = 2, MALFORMED = 3 };
+
+#define STAT_WHICH 2
+#define STAT_FIELDS 8 /* ppid pgrp session flags minflt majflt starttime rss */
+#define STAT_BUF 2048 /* a stat line is at most ~1,100 bytes (52 numbers and a 64-byte comm) */
+
+/* One parsed stat line: the numbers above and the state letter. */
+struct stat_line {
+    long long numbers[STAT_FIELDS];
+    char state;
+};
+
+/*
+ * Parse /proc/PID/stat: fields after the last ')' (comm may hold spaces and parentheses).
+ * Field numbers (man 5 proc) of what is kept: 3 state, 4 ppid, 5 pgrp, 6 session, 9 flags,
+ * 10 minflt, 12 majflt, 22 starttime, 24 rss.
+ */
+static int parse_stat_line(const char *buf, ssize_t len, struct stat_line *out) {
+    static const int wanted[STAT_FIELDS] = {4, 5, 6, 9, 10, 12, 22, 24};
+    const char *close = NULL;
+    for (ssize_t i = len - 1; i >= 0; i--) {
+        if (buf[i] == ')') { close = buf + i; break; }
+    }
+    if (close == NULL || close[1] != ' ' || close[2] == '\0') return 0;
+    const char *p = close + 2;
+    out->state = *p;
+    while (*p && *p != ' ') p++;
+    int next = 0;
+    for (int field = 4; field <= 24 && next < STAT_FIELDS; field++) {
+        while (*p == ' ') p++;
+        if (*p != '-' && (*p < '0' || *p > '9')) return 0;
+        char *end = NULL;
+        errno = 0;
+        long long value = strtoll(p, &end, 10);
+        if (errno != 0 || end == p) return 0;
+        if (*end != ' ' && *end != '\n' && *end != '\0') return 0;
+        if (field == wanted[next]) out->numbers[next++] = value;
+        p = end;
+    }
+    if (next != STAT_FIELDS) return 0;
+    if (out->numbers[STAT_FIELDS - 1] < 0) out->numbers[STAT_FIELDS - 1] = 0;
+    return 1;
+}
+
+static PyObject *stat_tuple(const struct stat_line *line) {
+    const long long *n = line->numbers;
+    return Py_BuildValue("(NLLLLLLLL)", PyUnicode_FromOrdinal((unsigned char)line->state),
+                         n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]);
+}
 
 /* Parse the number at *p (leading spaces allowed); it must end at a space or the end. */
 static int parse_number(const char **p, long long *out) {
@@ -47,8 +99,8 @@ static PyObject *skim(PyObject *self, PyObject *args) {
     long long page_size, deadline_ns;
     if (!PyArg_ParseTuple(args, "sOiLL", &root, &pids_obj, &which, &page_size, &deadline_ns))
         return NULL;
-    if (which != 0 && which != 1) {
-        PyErr_SetString(PyExc_ValueError, "which must be 0 (statm) or 1 (oom_score)");
+    if (which < 0 || which > STAT_WHICH) {
+        PyErr_SetString(PyExc_ValueError, "which must be 0 (statm), 1 (oom_score) or 2 (stat)");
         return NULL;
     }
     PyObject *seq = PySequence_Fast(pids_obj, "pids must be a sequence");
@@ -58,8 +110,11 @@ static PyObject *skim(PyObject *self, PyObject *args) {
     long long *values = PyMem_RawMalloc(sizeof(long long) * (n ? n : 1));
     int *outcomes = PyMem_RawMalloc(sizeof(int) * (n ? n : 1));
     int *errnos = PyMem_RawMalloc(sizeof(int) * (n ? n : 1));
-    if (!pids || !values || !outcomes || !errnos) {
+    struct stat_line *lines =
+        which == STAT_WHICH ? PyMem_RawMalloc(sizeof(struct stat_line) * (n ? n : 1)) : NULL;
+    if (!pids || !values || !outcomes || !errnos || (which == STAT_WHICH && !lines)) {
         PyMem_RawFree(pids); PyMem_RawFree(values); PyMem_RawFree(outcomes); PyMem_RawFree(errnos);
+        PyMem_RawFree(lines);
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
@@ -67,18 +122,20 @@ static PyObject *skim(PyObject *self, PyObject *args) {
         pids[i] = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
         if (pids[i] == -1 && PyErr_Occurred()) {
             PyMem_RawFree(pids); PyMem_RawFree(values); PyMem_RawFree(outcomes); PyMem_RawFree(errnos);
+            PyMem_RawFree(lines);
             Py_DECREF(seq);
             return NULL;
         }
     }
     Py_DECREF(seq);
-    const char *name = which == 0 ? "statm" : "oom_score";
+    const char *name = which == 0 ? "statm" : which == 1 ? "oom_score" : "stat";
     Py_ssize_t done = 0;
     int complete = 1;
 
     Py_BEGIN_ALLOW_THREADS
     char path[4096];
-    char buf[129];
+    char buf[STAT_BUF + 1];
+    size_t want = which == STAT_WHICH ? STAT_BUF : 128;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (deadline_ns >= 0 && i && i % SKIM_MINIMUM == 0) {
             struct timespec now;
@@ -97,7 +154,7 @@ static PyObject *skim(PyObject *self, PyObject *args) {
             outcomes[i] = (errno == ENOENT || errno == ESRCH) ? VANISHED : FAILED;
             continue;
         }
-        ssize_t got = read(fd, buf, 128);
+        ssize_t got = read(fd, buf, want);
         int read_errno = errno;
         close(fd);
         if (got < 0) {
@@ -106,6 +163,10 @@ static PyObject *skim(PyObject *self, PyObject *args) {
             continue;
         }
         buf[got] = '\0';
+        if (which == STAT_WHICH) {
+            outcomes[i] = parse_stat_line(buf, got, &lines[i]) ? OK : MALFORMED;
+            continue;
+        }
         const char *p = buf;
         long long number = 0;
         int ok = parse_number(&p, &number);
@@ -124,7 +185,10 @@ static PyObject *skim(PyObject *self, PyObject *args) {
     if (!ok_list || !failed) goto out;
     for (Py_ssize_t i = 0; i < done; i++) {
         PyObject *item = NULL;
-        if (outcomes[i] == OK) {
+        if (outcomes[i] == OK && which == STAT_WHICH) {
+            item = Py_BuildValue("(lN)", pids[i], stat_tuple(&lines[i]));
+            if (!item || PyList_Append(ok_list, item) < 0) { Py_XDECREF(item); goto out; }
+        } else if (outcomes[i] == OK) {
             item = Py_BuildValue("(lL)", pids[i], values[i]);
             if (!item || PyList_Append(ok_list, item) < 0) { Py_XDECREF(item); goto out; }
         } else if (outcomes[i] == VANISHED) {
@@ -141,6 +205,7 @@ out:
     Py_XDECREF(ok_list);
     Py_XDECREF(failed);
     PyMem_RawFree(pids); PyMem_RawFree(values); PyMem_RawFree(outcomes); PyMem_RawFree(errnos);
+    PyMem_RawFree(lines);
     return result;
 }
 
@@ -166,15 +231,17 @@ static PyObject *pread_many(PyObject *self, PyObject *args) {
     int *fds = PyMem_RawMalloc(sizeof(int) * (n ? n : 1));
     long long *values = PyMem_RawMalloc(sizeof(long long) * (n ? n : 1));
     int *errnos = PyMem_RawMalloc(sizeof(int) * (n ? n : 1));
-    if (!fds || !values || !errnos) {
-        PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos);
+    struct stat_line *lines =
+        which == STAT_WHICH ? PyMem_RawMalloc(sizeof(struct stat_line) * (n ? n : 1)) : NULL;
+    if (!fds || !values || !errnos || (which == STAT_WHICH && !lines)) {
+        PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos); PyMem_RawFree(lines);
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
         if (fds[i] == -1 && PyErr_Occurred()) {
-            PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos);
+            PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos); PyMem_RawFree(lines);
             Py_DECREF(seq);
             return NULL;
         }
@@ -183,7 +250,8 @@ static PyObject *pread_many(PyObject *self, PyObject *args) {
     Py_ssize_t done = 0;
     int complete = 1;
     Py_BEGIN_ALLOW_THREADS
-    char buf[129];
+    char buf[STAT_BUF + 1];
+    size_t want = which == STAT_WHICH ? STAT_BUF : 128;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (deadline_ns >= 0 && i && i % SKIM_MINIMUM == 0) {
             struct timespec now;
@@ -195,12 +263,16 @@ static PyObject *pread_many(PyObject *self, PyObject *args) {
         }
         done = i + 1;
         errnos[i] = 0;
-        ssize_t got = pread(fds[i], buf, 128, 0);
+        ssize_t got = pread(fds[i], buf, want, 0);
         if (got < 0) {
             errnos[i] = errno ? errno : EIO;
             continue;
         }
         buf[got] = '\0';
+        if (which == STAT_WHICH) {
+            if (!parse_stat_line(buf, got, &lines[i])) errnos[i] = -1;
+            continue;
+        }
         const char *p = buf;
         long long number = 0;
         int ok = parse_number(&p, &number);
@@ -216,8 +288,9 @@ static PyObject *pread_many(PyObject *self, PyObject *args) {
     if (!ok_list || !failed) goto out;
     for (Py_ssize_t i = 0; i < done; i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
-        PyObject *item = errnos[i] == 0 ? Py_BuildValue("(OL)", key, values[i])
-                                        : Py_BuildValue("(Oi)", key, errnos[i] < 0 ? 0 : errnos[i]);
+        PyObject *item = errnos[i] != 0 ? Py_BuildValue("(Oi)", key, errnos[i] < 0 ? 0 : errnos[i])
+                         : which == STAT_WHICH ? Py_BuildValue("(ON)", key, stat_tuple(&lines[i]))
+                                               : Py_BuildValue("(OL)", key, values[i]);
         if (!item || PyList_Append(errnos[i] == 0 ? ok_list : failed, item) < 0) {
             Py_XDECREF(item);
             goto out;
@@ -228,12 +301,12 @@ static PyObject *pread_many(PyObject *self, PyObject *args) {
 out:
     Py_XDECREF(ok_list);
     Py_XDECREF(failed);
-    PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos);
+    PyMem_RawFree(fds); PyMem_RawFree(values); PyMem_RawFree(errnos); PyMem_RawFree(lines);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"skim", skim, METH_VARARGS, "Read one number per PID from statm or oom_score."},
+    {"skim", skim, METH_VARARGS, "Read one number per PID from statm or oom_score (or stat)."},
     {"pread_many", pread_many, METH_VARARGS, "The same numbers from fds kept open."},
     {NULL, NULL, 0, NULL},
 };

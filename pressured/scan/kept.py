@@ -12,6 +12,12 @@ The cost is memory the kernel keeps for each open file (its seq_file buffer of o
 allocated on the first read, plus the file itself: about 4.5 KiB per process, charged to the
 daemon's cgroup; ``benchmarks/reaction.py`` measures it) and one fd each, so the table is
 bounded by ``max_fds``; processes beyond it are skimmed with a fresh open, as without it.
+
+A ``stat`` skim also keeps its last :data:`GENERATIONS` readings (one
+:data:`~pressured.kernel.procfs.StatLine` per process and when it was taken): the earlier
+sample that fault and growth rates need (:mod:`pressured.policies.culprit`), so an event that
+finds a recent one does not wait for a second sample. At 10,000 processes a generation holds
+about 3.7 MB of Python objects; it is replaced by the next scan, never refreshed on a timer.
 """
 
 from __future__ import annotations
@@ -22,15 +28,40 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
 
 from pressured.errors import ParseError
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup
-from pressured.kernel.procfs import ScanProblem, SkimResult
+from pressured.kernel.procfs import ScanProblem, SkimResult, StatLine
 from pressured.scan import skim as skim_module
 
-_WHICH = {"statm": 0, "oom_score": 1}
+_WHICH = {"statm": 0, "oom_score": 1, "stat": 2}
+GENERATIONS = 2
+"""Stat readings kept: the last, and the one before it (for an event that follows a scan by
+less than the shortest usable interval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatGeneration:
+    """One stat skim: every process's line, and when the skim began."""
+
+    taken_ns: int
+    lines: dict[int, StatLine]
+
+
+def usable_generation(
+    generations: Sequence[StatGeneration], now_ns: int, min_age_ns: int, max_age_ns: int
+) -> StatGeneration | None:
+    """The newest generation old enough for steady rates and young enough to matter (the
+    rule of :meth:`pressured.history.ProcessHistory.usable`)."""
+    for generation in reversed(generations):
+        if min_age_ns <= now_ns - generation.taken_ns <= max_age_ns:
+            return generation
+    return None
 
 
 def _close_all(fds: dict[int, int]) -> None:
@@ -59,6 +90,8 @@ class KeptSkim:
         self.max_fds = default_max_fds() if max_fds is None else max_fds
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+        self.generations: deque[StatGeneration] = deque(maxlen=GENERATIONS)
+        """A stat skim's last readings (empty for the other files)."""
         # A scope dropped at reload must not leak its fds until the process exits.
         self._finalizer = weakref.finalize(self, _close_all, self._fds)
 
@@ -91,7 +124,10 @@ class KeptSkim:
         if name != self.name or proc_root != self.proc_root:
             return skim_module.skim(proc_root, pids, name, deadline, clock)
         with self._lock:
-            return self._skim(pids, deadline, clock)
+            result = self._skim(pids, deadline, clock)
+            if self.name == "stat" and result.complete:
+                self.generations.append(StatGeneration(result.taken_ns, result.lines))
+            return result
 
     def _skim(
         self, pids: Sequence[int], deadline: float | None, clock: Callable[[], float]
@@ -100,6 +136,7 @@ class KeptSkim:
         vanished = 0
         fresh: list[int] = []
         table = self._fds
+        taken_ns = time.monotonic_ns()
         if len(table) > len(pids) or any(pid not in table for pid in pids):
             in_scope = set(pids)
             for pid in [pid for pid in table if pid not in in_scope]:
@@ -122,7 +159,12 @@ class KeptSkim:
         # Steady state (the same processes as last time) skips all of the above but one pass.
         kept_pids = list(table)
         values, failed, complete = self._pread(list(table.values()), kept_pids, deadline, clock)
-        result: dict[int, int] = dict(values)
+        lines: dict[int, StatLine] = {}
+        if self.name == "stat":
+            lines = dict(cast("list[tuple[int, StatLine]]", values))
+            result: dict[int, int] = skim_module.stat_sizes(lines)
+        else:
+            result = dict(cast("list[tuple[int, int]]", values))
         for pid, err in failed:
             os.close(table.pop(pid))
             if err == errno.ESRCH:
@@ -133,14 +175,15 @@ class KeptSkim:
         if fresh and complete:
             rest = skim_module.skim(self.proc_root, fresh, self.name, deadline, clock)
             result.update(rest.values)
+            lines.update(rest.lines)
             problems.extend(rest.problems)
             vanished += rest.vanished
             complete = rest.complete
-        return SkimResult(result, tuple(problems), vanished, complete)
+        return SkimResult(result, tuple(problems), vanished, complete, lines, taken_ns)
 
     def _pread(
         self, fds: list[int], pids: list[int], deadline: float | None, clock: Callable[[], float]
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
+    ) -> tuple[list[tuple[int, int]] | list[tuple[int, StatLine]], list[tuple[int, int]], bool]:
         native = skim_module.native_module()
         if native is not None and skim_module.NATIVE_AVAILABLE and clock is time.monotonic:
             deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
@@ -148,6 +191,8 @@ class KeptSkim:
                 fds, pids, _WHICH[self.name], procfs.PAGE_SIZE, deadline_ns
             )
             return values, failed, bool(complete)
+        if self.name == "stat":
+            return self._pread_stat(fds, pids, deadline, clock)
         ok: list[tuple[int, int]] = []
         bad: list[tuple[int, int]] = []
         for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
@@ -156,6 +201,26 @@ class KeptSkim:
                 return ok, bad, False
             try:
                 ok.append((pid, procfs.parse_skim(self.name, os.pread(fd, 128, 0))))
+            except ParseError:
+                bad.append((pid, 0))
+            except OSError as exc:
+                bad.append((pid, exc.errno or errno.EIO))
+        return ok, bad, True
+
+    @staticmethod
+    def _pread_stat(
+        fds: list[int], pids: list[int], deadline: float | None, clock: Callable[[], float]
+    ) -> tuple[list[tuple[int, StatLine]], list[tuple[int, int]], bool]:
+        """The pure-Python stat loop (the native one's reference)."""
+        ok: list[tuple[int, StatLine]] = []
+        bad: list[tuple[int, int]] = []
+        for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
+            checkpoint = index and index % procfs.SKIM_MINIMUM == 0
+            if deadline is not None and checkpoint and clock() > deadline:
+                return ok, bad, False
+            try:
+                data = os.pread(fd, procfs.STAT_READ_LIMIT, 0)
+                ok.append((pid, procfs.parse_stat_line(data)))
             except ParseError:
                 bad.append((pid, 0))
             except OSError as exc:
@@ -191,6 +256,15 @@ class KeptSkims:
     def close(self) -> None:
         for kept in self._by_name.values():
             kept.close()
+
+    def earlier_stat(self, now_ns: int, min_age_ns: int, max_age_ns: int) -> StatGeneration | None:
+        """The newest kept stat reading aged between ``min_age_ns`` and ``max_age_ns``."""
+        kept = self._by_name.get("stat")
+        if kept is None:
+            return None
+        with kept._lock:
+            generations = list(kept.generations)
+        return usable_generation(generations, now_ns, min_age_ns, max_age_ns)
 
     def retain(self, pids: set[int]) -> int:
         return sum(kept.retain(pids) for kept in self._by_name.values())

@@ -25,7 +25,7 @@ except ImportError:  # no compiler at install time, or PRESSURED_NO_NATIVE: pure
 
 NATIVE_AVAILABLE = _skim is not None and os.environ.get("PRESSURED_NO_NATIVE") != "1"
 
-_WHICH = {"statm": 0, "oom_score": 1}
+_WHICH = {"statm": 0, "oom_score": 1, "stat": 2}
 
 
 def native_module() -> Any:
@@ -42,6 +42,7 @@ def skim_native(
     if name not in _WHICH:
         raise ValueError(f"cannot skim {name!r}: one of {sorted(_WHICH)}")
     deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
+    taken_ns = time.monotonic_ns()
     values, failed, vanished, complete = _skim.skim(
         proc_root, list(pids), _WHICH[name], procfs.PAGE_SIZE, deadline_ns
     )
@@ -49,7 +50,16 @@ def skim_native(
         ScanProblem(pid, f"{os.strerror(err) if err else 'malformed'}: {proc_root}/{pid}/{name}")
         for pid, err in failed
     )
-    return SkimResult(dict(values), problems, vanished, bool(complete))
+    if name == "stat":
+        lines = dict(values)
+        return SkimResult(stat_sizes(lines), problems, vanished, bool(complete), lines, taken_ns)
+    return SkimResult(dict(values), problems, vanished, bool(complete), taken_ns=taken_ns)
+
+
+def stat_sizes(lines: dict[int, procfs.StatLine]) -> dict[int, int]:
+    """Resident bytes by PID from a stat skim's lines (a stat skim's ``values``)."""
+    page = procfs.PAGE_SIZE
+    return {pid: line[procfs.LINE_RSS_PAGES] * page for pid, line in lines.items()}
 
 
 def skim(

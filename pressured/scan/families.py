@@ -1,0 +1,260 @@
+"""The family phase of a two-phase scan: rank every family from one stat skim, read full
+records family by family, best bound first, until the policy's top families are certain.
+
+A :class:`~pressured.scan.plan.FamilyKey` policy (``culprit``) ranks families on demand (fault
+and growth rates since an earlier sample) over size. ``/proc/PID/stat`` holds everything that
+needs (ppid, process group, start time, resident pages, minor and major faults) and takes no
+mmap lock, so one read per process (kept open between events, :mod:`pressured.scan.kept`)
+places every process in its **stat family**: its ancestors and descendants linked through
+parents in the same process group. Whatever eligibility removes (protection, adj -1000,
+ignore patterns, omitted groups: only known from full records), each of the policy's families
+lies inside one stat family, so the stat family's figures bound the policy's order of every
+family inside it::
+
+    demand <= max(sum of faults, sum of the growths that are positive) / interval
+    size   <= resident bytes + members x swap in use on the host
+
+Stat families are read whole, in descending bound order, and ranked by the policy's own code;
+reading stops once ``top`` eligible families are in hand whose order beats every bound left
+unread (ties with the best are read, for the policy's tie-breaks). A whole stat family in
+hand is also what :func:`pressured.family.expand` needs to kill the victim's family.
+
+The rates' earlier sample is the newest kept stat reading 0.1 to 5 s old; where there is none
+(the first event after a quiet spell, no kept files), the phase reads everyone's stat again
+after ``resample_s``: the same second sample :mod:`pressured.history` takes after a full scan,
+but for every process, so the ranking is the full scan's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from pressured.kernel.procfs import (
+    LINE_FLAGS,
+    LINE_MAJFLT,
+    LINE_MINFLT,
+    LINE_PGID,
+    LINE_PPID,
+    LINE_RSS_PAGES,
+    LINE_SID,
+    LINE_START,
+    LINE_STATE,
+    PAGE_SIZE,
+    PF_KTHREAD,
+    ProcessRecord,
+    ProcessSample,
+    StatLine,
+)
+from pressured.scan.kept import StatGeneration
+from pressured.scan.plan import FamilyKey, FamilyOrder
+
+Identity = tuple[int, int]
+Bound = tuple[int, float, int]
+"""The first three elements of a :data:`FamilyOrder` a stat family's members cannot exceed."""
+
+
+def stat_families(lines: Mapping[int, StatLine], self_pid: int, families: bool) -> list[list[int]]:
+    """Partition the possible candidates (not kernel threads, zombies, PID 1 or ``self_pid``)
+    into stat families: a process belongs with its parent when both are candidates of one
+    process group."""
+    candidates = {
+        pid: line
+        for pid, line in lines.items()
+        if not line[LINE_FLAGS] & PF_KTHREAD
+        and line[LINE_STATE] != "Z"
+        and pid not in (1, self_pid)
+    }
+    if not families:
+        return [[pid] for pid in candidates]
+    root_of: dict[int, int] = {}
+    for pid in candidates:
+        chain: list[int] = []
+        current = pid
+        while current not in root_of:
+            line = candidates[current]
+            parent = line[LINE_PPID]
+            above = candidates.get(parent)
+            if above is None or above[LINE_PGID] != line[LINE_PGID] or parent in chain:
+                root_of[current] = current  # (a parent cycle, only in fake trees, ends here)
+                break
+            chain.append(current)
+            current = parent
+        root = root_of[current]
+        for member in chain:
+            root_of[member] = root
+    grouped: dict[int, list[int]] = {}
+    for pid, root in root_of.items():
+        grouped.setdefault(root, []).append(pid)
+    return list(grouped.values())
+
+
+def bound_of(
+    members: Iterable[int],
+    lines: Mapping[int, StatLine],
+    *,
+    earlier: StatGeneration | None,
+    now_ns: int,
+    min_demand: float,
+    swap_in_use: int,
+) -> Bound:
+    """What no family of the policy's inside this stat family can exceed."""
+    faults = growth = rss = count = sampled = 0
+    before_lines = earlier.lines if earlier is not None else {}
+    for pid in members:
+        line = lines[pid]
+        count += 1
+        rss += line[LINE_RSS_PAGES]
+        before = before_lines.get(pid)
+        if before is None or before[LINE_START] != line[LINE_START]:
+            continue
+        sampled += 1
+        faults += max(0, line[LINE_MINFLT] - before[LINE_MINFLT])
+        faults += max(0, line[LINE_MAJFLT] - before[LINE_MAJFLT])
+        growth += max(0, line[LINE_RSS_PAGES] - before[LINE_RSS_PAGES])
+    size = rss * PAGE_SIZE + count * swap_in_use
+    if not sampled or earlier is None or now_ns <= earlier.taken_ns:
+        return (0, 0.0, size)
+    # The policy's own arithmetic (pressured.policies.culprit.measure), on sums that are at
+    # least its own: the same float operations give a bound that holds exactly.
+    interval = (now_ns - earlier.taken_ns) / 1e9
+    demand = max(faults * PAGE_SIZE / interval, growth * PAGE_SIZE / interval)
+    if demand < min_demand:
+        return (0, 0.0, size)
+    return (1, demand, size)
+
+
+def as_of_skim(record: ProcessRecord, line: StatLine | None) -> ProcessRecord:
+    """The full record with the skim's figures (one picture for the rates and the bounds);
+    unchanged where the skim did not see this process (or saw another with its PID)."""
+    if line is None or line[LINE_START] != record.start_time:
+        return record
+    return replace(
+        record,
+        state=line[LINE_STATE],
+        ppid=line[LINE_PPID],
+        pgid=line[LINE_PGID],
+        sid=line[LINE_SID],
+        minflt=line[LINE_MINFLT],
+        majflt=line[LINE_MAJFLT],
+        rss_bytes=line[LINE_RSS_PAGES] * PAGE_SIZE,
+    )
+
+
+def samples_of(
+    earlier: StatGeneration | None, records: Iterable[ProcessRecord]
+) -> dict[Identity, ProcessSample]:
+    """The earlier samples of ``records`` (where the same process was seen then)."""
+    if earlier is None:
+        return {}
+    samples: dict[Identity, ProcessSample] = {}
+    for record in records:
+        before = earlier.lines.get(record.pid)
+        if before is None or before[LINE_START] != record.start_time:
+            continue
+        samples[record.identity] = ProcessSample(
+            before[LINE_RSS_PAGES] * PAGE_SIZE,
+            before[LINE_MINFLT],
+            before[LINE_MAJFLT],
+            earlier.taken_ns,
+        )
+    return samples
+
+
+@dataclass(slots=True)
+class FamilyPhase:
+    """What one family phase read: the full records are the reader's."""
+
+    complete: bool = True
+    victim_root: ProcessRecord | None = None
+    """The root of the policy's best family, for the leaf cgroup check."""
+    families_read: int = 0
+
+
+def read_families(
+    key: FamilyKey,
+    lines: Mapping[int, StatLine],
+    earlier: StatGeneration | None,
+    now_ns: int,
+    *,
+    read: Callable[[int], ProcessRecord | None],
+    candidate: Callable[[ProcessRecord], bool],
+    top: int,
+    swap_in_use: int,
+    omitted: tuple[str, ...] = (),
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    self_pid: int | None = None,
+) -> FamilyPhase:
+    """Read full records of whole stat families (through ``read``, which keeps them) in
+    descending bound order until ``top`` eligible families are certain."""
+    phase = FamilyPhase()
+    me = os.getpid() if self_pid is None else self_pid
+    bounded = [
+        (
+            bound_of(
+                members,
+                lines,
+                earlier=earlier,
+                now_ns=now_ns,
+                min_demand=key.min_demand_bytes_per_s,
+                swap_in_use=swap_in_use,
+            ),
+            members,
+        )
+        for members in stat_families(lines, me, key.families)
+    ]
+    bounded.sort(key=lambda item: item[0], reverse=True)
+    best: list[FamilyOrder] = []  # min-heap of the top eligible orders so far
+    highest: FamilyOrder | None = None
+    for position, (bound, members) in enumerate(bounded):
+        victim_open = highest is None or bound >= highest[:3]
+        ranking_open = len(best) < top or bound > best[0][:3]
+        if not victim_open and not ranking_open:
+            break
+        if position and deadline is not None and clock() > deadline:
+            phase.complete = False
+            break
+        records = []
+        for pid in members:
+            record = read(pid)
+            if record is not None and candidate(record):
+                records.append(as_of_skim(record, lines.get(pid)))
+        phase.families_read += 1
+        ranked = key.rank(records, samples_of(earlier, records), now_ns, omitted)
+        for order, family in ranked:
+            if highest is None or order > highest:
+                highest = order
+                phase.victim_root = family[0]
+            heapq.heappush(best, order)
+            if len(best) > top:
+                heapq.heappop(best)
+    return phase
+
+
+def read_leaf_witness(
+    victim_root: ProcessRecord,
+    group_members: Callable[[str], Iterable[int]],
+    read: Callable[[int], ProcessRecord | None],
+    already_read: Callable[[int], bool],
+) -> int:
+    """Read one process of the victim's leaf cgroup that is not yet read (so not its family,
+    whose stat family was read whole): with it in the snapshot,
+    :func:`pressured.family.leaf_cgroup_is_family` sees that the group holds more than the
+    family, as a full scan would; without one, the group really is just read processes.
+    Returns how many full reads it took."""
+    path = victim_root.cgroup
+    if path in (None, "", "/"):
+        return 0
+    assert path is not None  # noqa: S101 - narrowed above
+    reads = 0
+    for pid in group_members(path):
+        if already_read(pid):
+            continue
+        reads += 1
+        if read(pid) is not None:
+            break
+    return reads
