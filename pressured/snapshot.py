@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -312,16 +312,18 @@ def take_snapshot(
     def candidate(record: ProcessRecord) -> bool:
         return is_candidate(record, self_pid) and (protection is None or protection(record) is None)
 
-    def group_members(path: str) -> list[int]:
-        """PIDs in cgroup ``path`` and below (for the victim's leaf group check)."""
+    def group_members(path: str) -> Iterator[int]:
+        """PIDs in cgroup ``path`` and below, for the victim's leaf group check (none for the
+        scope's own group, which family.expand never kills as a family)."""
+        if path == cgroup_path:
+            return
         if members is not None:
-            return [pid for pid, where in members.items() if within(where, (path,))]
-        if layout is None:
-            return []
-        try:
-            return list(Cgroup(layout, path).member_paths(errors=[]))
-        except OSError:
-            return []
+            yield from (pid for pid, where in members.items() if within(where, (path,)))
+        elif layout is not None:
+            try:
+                yield from Cgroup(layout, path).member_paths(errors=[])
+            except OSError:
+                return
 
     scan = scan_two_phase(
         proc_root,

@@ -446,3 +446,50 @@ def test_stat_skim_reads_the_same_lines_as_the_stat_parser(
 def test_culprit_names_a_family_key() -> None:
     """culprit says what it ranks on, so chains that contain it get the fast path."""
     assert isinstance(CulpritPolicy(CulpritOptions()).scan_key(), FamilyKey)
+
+
+@pytest.mark.skipif(not skim.NATIVE_AVAILABLE, reason="the optional native extension is not built")
+@pytest.mark.parametrize("seed", range(8))
+def test_native_family_bounds_match_the_python_reference(tmp_path: Path, seed: int) -> None:
+    """The native family bounds are the Python ones: same families, same bounds."""
+    from pressured.scan import families
+    from pressured.scan.kept import StatGeneration
+
+    processes, rng = generated(tmp_path, seed, 300)
+    pids = [p.pid for p in processes]
+    before = procfs.skim_python(str(tmp_path), pids, "stat")
+    for process in processes:
+        process.live(rng, busy=True)
+        process.write(tmp_path)
+    now = procfs.skim_python(str(tmp_path), pids, "stat")
+    earlier = StatGeneration(before.taken_ns, before.lines)
+    for grouped in (True, False):
+        options: dict[str, Any] = {
+            "self_pid": 0,
+            "families": grouped,
+            "min_demand": 2**20,
+            "swap_in_use": rng.choice([0, 4096]),
+        }
+        results = []
+        for native in (True, False):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(skim, "NATIVE_AVAILABLE", native)
+                bounded = families.bounded_families(now.lines, earlier, now.taken_ns, **options)
+            results.append(sorted((bound, sorted(members)) for bound, members in bounded))
+        assert results[0] == results[1]
+        assert any(bound[0] for bound, _members in results[0])  # some families demand
+
+
+def test_kept_files_of_one_scope_share_one_fd_budget(tmp_path: Path) -> None:
+    """Two skim files per process (the default chain) never keep more fds than the bound
+    (each file used to keep up to the bound: at 10,000 processes the daemon ran out of fds)."""
+    processes, _rng = generated(tmp_path, 3, 30)
+    pids = [p.pid for p in processes]
+    kept = KeptSkims(str(tmp_path), max_fds=40)
+    try:
+        for name in ("stat", "oom_score"):
+            result = kept.skim(str(tmp_path), pids, name)
+            assert len(result.values) == len(pids)  # the rest are read with a fresh open
+        assert kept.open_fds == 40
+    finally:
+        kept.close()

@@ -305,7 +305,186 @@ out:
     return result;
 }
 
+/*
+ * family_bounds(lines, earlier, self_pid, group, page_size, interval_s, min_demand, swap)
+ *   -> list of ((rule, demand, size), [pid, ...])
+ *
+ * The native twin of pressured.scan.families.family_roots + family_bounds (the reference):
+ * lines and earlier map PID -> stat tuple (as parse_stat_line gives; earlier may be None);
+ * possible candidates (not a kernel thread, zombie, PID 1 or self_pid) join their parent's
+ * family when both are candidates of one process group (group = 0: every process alone);
+ * each family's bound is (1, demand, size) when interval_s > 0, a member was sampled and
+ * demand >= min_demand, else (0, 0.0, size), with demand = max(faults, positive growth) *
+ * page_size / interval_s and size = resident pages * page_size + members * swap.
+ */
+#define PF_KTHREAD 0x00200000LL
+
+struct member {
+    long pid, ppid, pgid;
+    long long start, rss, minflt, majflt;
+    Py_ssize_t root;
+};
+
+static Py_ssize_t find_index(const long *keys, const Py_ssize_t *slots, size_t mask, long pid) {
+    size_t h = ((size_t)pid * 2654435761u) & mask;
+    while (slots[h] >= 0) {
+        if (keys[h] == pid) return slots[h];
+        h = (h + 1) & mask;
+    }
+    return -1;
+}
+
+static int line_numbers(PyObject *line, long long out[9]) {
+    /* (state, ppid, pgid, sid, flags, minflt, majflt, start, rss) -> out[1..8]; out[0] = 'Z' */
+    if (!PyTuple_Check(line) || PyTuple_GET_SIZE(line) < 9) return 0;
+    PyObject *state = PyTuple_GET_ITEM(line, 0);
+    out[0] = PyUnicode_Check(state) && PyUnicode_GET_LENGTH(state) > 0
+                 ? (long long)PyUnicode_READ_CHAR(state, 0) : 0;
+    for (int i = 1; i < 9; i++) {
+        out[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(line, i));
+        if (out[i] == -1 && PyErr_Occurred()) return 0;
+    }
+    return 1;
+}
+
+static PyObject *family_bounds(PyObject *self, PyObject *args) {
+    PyObject *lines, *earlier;
+    long self_pid;
+    int group;
+    long long page_size, swap;
+    double interval, min_demand;
+    if (!PyArg_ParseTuple(args, "OOlpLddL", &lines, &earlier, &self_pid, &group, &page_size,
+                          &interval, &min_demand, &swap))
+        return NULL;
+    if (!PyDict_Check(lines) || (earlier != Py_None && !PyDict_Check(earlier))) {
+        PyErr_SetString(PyExc_TypeError, "lines and earlier must be dicts (earlier or None)");
+        return NULL;
+    }
+    Py_ssize_t total = PyDict_GET_SIZE(lines);
+    struct member *members = PyMem_Malloc(sizeof(struct member) * (total ? total : 1));
+    size_t size = 16;
+    while (size < (size_t)total * 2 + 16) size <<= 1;
+    long *keys = PyMem_Malloc(sizeof(long) * size);
+    Py_ssize_t *slots = PyMem_Malloc(sizeof(Py_ssize_t) * size);
+    long long *sums = NULL; /* per root: faults, growth, rss, sampled, count */
+    Py_ssize_t *order = NULL, *first = NULL;
+    PyObject *result = NULL;
+    if (!members || !keys || !slots) { PyErr_NoMemory(); goto out; }
+    for (size_t i = 0; i < size; i++) slots[i] = -1;
+    size_t mask = size - 1;
+    Py_ssize_t n = 0, pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(lines, &pos, &key, &value)) {
+        long long f[9];
+        long pid = PyLong_AsLong(key);
+        if (pid == -1 && PyErr_Occurred()) goto out;
+        if (!line_numbers(value, f)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "malformed stat line");
+            goto out;
+        }
+        if ((f[4] & PF_KTHREAD) || f[0] == 'Z' || pid == 1 || pid == self_pid) continue;
+        struct member *m = &members[n];
+        m->pid = pid; m->ppid = (long)f[1]; m->pgid = (long)f[2];
+        m->minflt = f[5]; m->majflt = f[6]; m->start = f[7]; m->rss = f[8];
+        m->root = -1;
+        size_t h = ((size_t)pid * 2654435761u) & mask;
+        while (slots[h] >= 0) h = (h + 1) & mask;
+        keys[h] = pid; slots[h] = n;
+        n++;
+    }
+    /* Roots: follow parents within one process group; a walk longer than n is a cycle. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (members[i].root >= 0) continue;
+        Py_ssize_t current = i, steps = 0;
+        while (members[current].root < 0) {
+            Py_ssize_t parent = group ? find_index(keys, slots, mask, members[current].ppid) : -1;
+            if (parent < 0 || parent == current || members[parent].pgid != members[current].pgid
+                || ++steps > n) {
+                members[current].root = current;
+                break;
+            }
+            current = parent;
+        }
+        Py_ssize_t root = members[current].root;
+        current = i;
+        steps = 0;
+        while (members[current].root < 0 && steps++ <= n) {
+            members[current].root = root;
+            Py_ssize_t parent = find_index(keys, slots, mask, members[current].ppid);
+            if (parent < 0) break;
+            current = parent;
+        }
+    }
+    sums = PyMem_Calloc((size_t)(n ? n : 1) * 5, sizeof(long long));
+    first = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
+    order = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
+    if (!sums || !first || !order) { PyErr_NoMemory(); goto out; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct member *m = &members[i];
+        long long *sum = &sums[m->root * 5];
+        sum[2] += m->rss;
+        sum[4] += 1;
+        if (earlier == Py_None) continue;
+        PyObject *pid_obj = PyLong_FromLong(m->pid);
+        if (!pid_obj) goto out;
+        PyObject *before = PyDict_GetItemWithError(earlier, pid_obj);
+        Py_DECREF(pid_obj);
+        if (before == NULL) {
+            if (PyErr_Occurred()) goto out;
+            continue;
+        }
+        long long b[9];
+        if (!line_numbers(before, b)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "malformed stat line");
+            goto out;
+        }
+        if (b[7] != m->start) continue;
+        sum[3] += 1;
+        sum[0] += (m->minflt > b[5] ? m->minflt - b[5] : 0) + (m->majflt > b[6] ? m->majflt - b[6] : 0);
+        sum[1] += m->rss > b[8] ? m->rss - b[8] : 0;
+    }
+    /* Members grouped by root, in their order of appearance. */
+    for (Py_ssize_t i = 0; i < n; i++) first[i] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) first[members[i].root]++;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) { Py_ssize_t c = first[i]; first[i] = at; at += c; }
+    for (Py_ssize_t i = 0; i < n; i++) order[first[members[i].root]++] = i;
+    result = PyList_New(0);
+    if (!result) goto out;
+    Py_ssize_t k = 0;
+    while (k < n) {
+        Py_ssize_t root = members[order[k]].root;
+        long long *sum = &sums[root * 5];
+        Py_ssize_t count = (Py_ssize_t)sum[4];
+        PyObject *pids = PyList_New(count);
+        if (!pids) { Py_CLEAR(result); goto out; }
+        for (Py_ssize_t j = 0; j < count; j++) {
+            PyObject *pid = PyLong_FromLong(members[order[k + j]].pid);
+            if (!pid) { Py_DECREF(pids); Py_CLEAR(result); goto out; }
+            PyList_SET_ITEM(pids, j, pid);
+        }
+        k += count;
+        long long fam_size = sum[2] * page_size + sum[4] * swap;
+        double faults = (double)(sum[0] * page_size) / (interval > 0 ? interval : 1.0);
+        double growth = (double)(sum[1] * page_size) / (interval > 0 ? interval : 1.0);
+        double demand = faults > growth ? faults : growth;
+        int rule = interval > 0 && sum[3] > 0 && demand >= min_demand;
+        PyObject *item = Py_BuildValue("((idL)N)", rule, rule ? demand : 0.0, fam_size, pids);
+        if (!item || PyList_Append(result, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(result);
+            goto out;
+        }
+        Py_DECREF(item);
+    }
+out:
+    PyMem_Free(members); PyMem_Free(keys); PyMem_Free(slots);
+    PyMem_Free(sums); PyMem_Free(first); PyMem_Free(order);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"family_bounds", family_bounds, METH_VARARGS, "Stat families and their bounds."},
     {"skim", skim, METH_VARARGS, "Read one number per PID from statm or oom_score (or stat)."},
     {"pread_many", pread_many, METH_VARARGS, "The same numbers from fds kept open."},
     {NULL, NULL, 0, NULL},

@@ -12,6 +12,9 @@ The cost is memory the kernel keeps for each open file (its seq_file buffer of o
 allocated on the first read, plus the file itself: about 4.5 KiB per process, charged to the
 daemon's cgroup; ``benchmarks/reaction.py`` measures it) and one fd each, so the table is
 bounded by ``max_fds``; processes beyond it are skimmed with a fresh open, as without it.
+The bound is for all of a scope's kept files together (:class:`KeptSkims`): a chain that
+skims two files per process (the default chain: ``stat`` and ``oom_score``) keeps the first
+file's fds for every process before the second gets any, never twice the bound.
 
 A ``stat`` skim also keeps its last :data:`GENERATIONS` readings (one
 :data:`~pressured.kernel.procfs.StatLine` per process and when it was taken): the earlier
@@ -82,12 +85,20 @@ def default_max_fds() -> int:
 class KeptSkim:
     """One kept fd per process for one skim file (``statm`` or ``oom_score``)."""
 
-    def __init__(self, name: str, proc_root: str = "/proc", max_fds: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        proc_root: str = "/proc",
+        max_fds: int | None = None,
+        others: Callable[[], int] | None = None,
+    ) -> None:
         if name not in _WHICH:
             raise ValueError(f"cannot skim {name!r}: one of {sorted(_WHICH)}")
         self.name = name
         self.proc_root = proc_root
         self.max_fds = default_max_fds() if max_fds is None else max_fds
+        self.others = others
+        """How many fds other kept files of the same scope hold (they share ``max_fds``)."""
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         self.generations: deque[StatGeneration] = deque(maxlen=GENERATIONS)
@@ -141,10 +152,11 @@ class KeptSkim:
             in_scope = set(pids)
             for pid in [pid for pid in table if pid not in in_scope]:
                 os.close(table.pop(pid))  # left the scope (or exited unseen)
+            room = self.max_fds - (self.others() if self.others is not None else 0)
             for pid in pids:
                 if pid in table:
                     continue
-                if len(table) >= self.max_fds:
+                if len(table) >= room:
                     fresh.append(pid)
                     continue
                 try:
@@ -250,7 +262,11 @@ class KeptSkims:
     ) -> SkimResult:
         kept = self._by_name.get(name)
         if kept is None:
-            kept = self._by_name[name] = KeptSkim(name, self.proc_root, self.max_fds)
+
+            def others(name: str = name) -> int:
+                return sum(len(k) for n, k in self._by_name.items() if n != name)
+
+            kept = self._by_name[name] = KeptSkim(name, self.proc_root, self.max_fds, others)
         return kept.skim(proc_root, pids, name, deadline, clock)
 
     def close(self) -> None:

@@ -115,12 +115,12 @@ class ScanPlan:
 
     @property
     def skim_files(self) -> tuple[str, ...]:
-        """The procfs files the first phase reads for every process."""
+        """The procfs files the first phase reads for every process: ``stat`` first where a
+        family key needs it (the file every event reads for everyone, so the one to keep
+        open first when the fd budget cannot hold them all, :mod:`pressured.scan.kept`)."""
         files = {Bound.OOM_SCORE: "oom_score", Bound.MEMORY: "statm"}
-        names = {files[k.bound] for k in self.keys if k.bound in files}
-        if self.family_keys:
-            names.add("stat")
-        return tuple(sorted(names))
+        names = sorted({files[k.bound] for k in self.keys if k.bound in files})
+        return ("stat", *names) if self.family_keys else tuple(names)
 
 
 def need_of(policy: object) -> PolicyNeed:
