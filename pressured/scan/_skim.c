@@ -307,7 +307,7 @@ out:
 
 /*
  * family_bounds(lines, earlier, self_pid, group, page_size, interval_s, min_demand, swap)
- *   -> list of ((rule, demand, size), [pid, ...])
+ *   -> list of ((rule, demand, size, start, pid), [pid, ...])
  *
  * The native twin of pressured.scan.families.family_roots + family_bounds (the reference):
  * lines and earlier map PID -> stat tuple (as parse_stat_line gives; earlier may be None);
@@ -315,7 +315,8 @@ out:
  * family when both are candidates of one process group (group = 0: every process alone);
  * each family's bound is (1, demand, size) when interval_s > 0, a member was sampled and
  * demand >= min_demand, else (0, 0.0, size), with demand = max(faults, positive growth) *
- * page_size / interval_s and size = resident pages * page_size + members * swap.
+ * page_size / interval_s and size = resident pages * page_size + members * swap; (start, pid)
+ * is the largest (start time, PID) of its members: no root inside can rank after a tie later.
  */
 #define PF_KTHREAD 0x00200000LL
 
@@ -366,7 +367,7 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
     while (size < (size_t)total * 2 + 16) size <<= 1;
     long *keys = PyMem_Malloc(sizeof(long) * size);
     Py_ssize_t *slots = PyMem_Malloc(sizeof(Py_ssize_t) * size);
-    long long *sums = NULL; /* per root: faults, growth, rss, sampled, count */
+    long long *sums = NULL; /* per root: faults, growth, rss, sampled, count, start, pid */
     Py_ssize_t *order = NULL, *first = NULL;
     PyObject *result = NULL;
     if (!members || !keys || !slots) { PyErr_NoMemory(); goto out; }
@@ -415,15 +416,19 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
             current = parent;
         }
     }
-    sums = PyMem_Calloc((size_t)(n ? n : 1) * 5, sizeof(long long));
+    sums = PyMem_Calloc((size_t)(n ? n : 1) * 7, sizeof(long long));
     first = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
     order = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
     if (!sums || !first || !order) { PyErr_NoMemory(); goto out; }
     for (Py_ssize_t i = 0; i < n; i++) {
         struct member *m = &members[i];
-        long long *sum = &sums[m->root * 5];
+        long long *sum = &sums[m->root * 7];
         sum[2] += m->rss;
         sum[4] += 1;
+        if (sum[4] == 1 || m->start > sum[5] || (m->start == sum[5] && m->pid > sum[6])) {
+            sum[5] = m->start;
+            sum[6] = m->pid;
+        }
         if (earlier == Py_None) continue;
         PyObject *pid_obj = PyLong_FromLong(m->pid);
         if (!pid_obj) goto out;
@@ -454,7 +459,7 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
     Py_ssize_t k = 0;
     while (k < n) {
         Py_ssize_t root = members[order[k]].root;
-        long long *sum = &sums[root * 5];
+        long long *sum = &sums[root * 7];
         Py_ssize_t count = (Py_ssize_t)sum[4];
         PyObject *pids = PyList_New(count);
         if (!pids) { Py_CLEAR(result); goto out; }
@@ -469,7 +474,8 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
         double growth = (double)(sum[1] * page_size) / (interval > 0 ? interval : 1.0);
         double demand = faults > growth ? faults : growth;
         int rule = interval > 0 && sum[3] > 0 && demand >= min_demand;
-        PyObject *item = Py_BuildValue("((idL)N)", rule, rule ? demand : 0.0, fam_size, pids);
+        PyObject *item = Py_BuildValue("((idLLL)N)", rule, rule ? demand : 0.0, fam_size,
+                                       sum[5], sum[6], pids);
         if (!item || PyList_Append(result, item) < 0) {
             Py_XDECREF(item);
             Py_CLEAR(result);

@@ -11,13 +11,16 @@ ignore patterns, omitted groups: only known from full records), each of the poli
 lies inside one stat family, so the stat family's figures bound the policy's order of every
 family inside it::
 
-    demand <= max(sum of faults, sum of the growths that are positive) / interval
-    size   <= resident bytes + members x swap in use on the host
+    demand       <= max(sum of faults, sum of the growths that are positive) / interval
+    size         <= resident bytes + members x swap in use on the host
+    (start, pid) <= the largest (start time, PID) among its members (the root's tie-break)
 
 Stat families are read whole, in descending bound order, and ranked by the policy's own code;
 reading stops once ``top`` eligible families are in hand whose order beats every bound left
-unread (ties with the best are read, for the policy's tie-breaks). A whole stat family in
-hand is also what :func:`pressured.family.expand` needs to kill the victim's family.
+unread (one that may still be the victim is always read). A thousand idle ``sleep``s of one
+size tie on everything but the tie-break, which the bound carries, so they are not all read.
+A whole stat family in hand is also what :func:`pressured.family.expand` needs to kill the
+victim's family.
 
 The rates' earlier sample is the newest kept stat reading 0.1 to 5 s old; where there is none
 (the first event after a quiet spell, no kept files), the phase reads everyone's stat again
@@ -54,8 +57,10 @@ from pressured.scan.kept import StatGeneration
 from pressured.scan.plan import FamilyKey, FamilyOrder
 
 Identity = tuple[int, int]
-Bound = tuple[int, float, int]
-"""The first three elements of a :data:`FamilyOrder` a stat family's members cannot exceed."""
+Bound = FamilyOrder
+"""The :data:`FamilyOrder` that no family of the policy's inside a stat family can exceed: its
+rule and demand, its size, and the largest (start time, PID) of its members (any root inside
+is one of them, so ties in size are settled without reading them all)."""
 
 
 def family_roots(lines: Mapping[int, StatLine], self_pid: int, families: bool) -> dict[int, int]:
@@ -108,7 +113,7 @@ def family_bounds(
     swap_in_use: int,
 ) -> list[tuple[Bound, list[int]]]:
     """Every stat family with what no family of the policy's inside it can exceed."""
-    # Per family: [faults, positive growth, resident pages, members sampled, members].
+    # Per family: [faults, positive growth, resident pages, members sampled], members.
     sums: dict[int, tuple[list[int], list[int]]] = {}
     before_lines = earlier.lines if earlier is not None else {}
     for pid, root in root_of.items():
@@ -135,10 +140,11 @@ def family_bounds(
     for (faults, growth, rss, sampled), members in sums.values():
         size = rss * PAGE_SIZE + len(members) * swap_in_use
         demand = max(faults * PAGE_SIZE / interval, growth * PAGE_SIZE / interval)
+        start, pid = max((lines[member][LINE_START], member) for member in members)
         if timed and sampled and demand >= min_demand:
-            bounded.append(((1, demand, size), members))
+            bounded.append(((1, demand, size, start, pid), members))
         else:
-            bounded.append(((0, 0.0, size), members))
+            bounded.append(((0, 0.0, size, start, pid), members))
     return bounded
 
 
@@ -258,8 +264,8 @@ def read_families(
     best: list[FamilyOrder] = []  # min-heap of the top eligible orders so far
     highest: FamilyOrder | None = None
     for position, (bound, members) in enumerate(bounded):
-        victim_open = highest is None or bound >= highest[:3]
-        ranking_open = len(best) < top or bound > best[0][:3]
+        victim_open = highest is None or bound >= highest
+        ranking_open = len(best) < top or bound > best[0]
         if not victim_open and not ranking_open:
             break
         if position and deadline is not None and clock() > deadline:
