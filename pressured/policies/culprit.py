@@ -3,8 +3,9 @@
 Candidates are grouped into **families**: a process with its descendants in the same process
 group (:mod:`pressured.family`), so a parent with eight forked workers is judged, and killed,
 as one. For each family, over the interval since the previous sample of its processes
-(:attr:`Snapshot.previous`, kept by :mod:`pressured.history`, or a 200 ms second sample at the
-start of an episode)::
+(:attr:`Snapshot.previous`: the scope's kept ``/proc/PID/stat`` reading from arm time or the
+previous event, 0.1 to 5 s old, or else a second reading 200 ms after the first; see
+:mod:`pressured.scan.families`)::
 
     faults  = (minor + major faults of its members) * page size / interval   # pages it touched
     growth  = (sum of members' RSS now - then) / interval                     # memory it took
@@ -16,6 +17,11 @@ least its growth). When no family demands that much (no history, or a slow leak)
 **largest** family (RSS + swap) dies. Ties: the larger family, then the younger root, then the
 higher PID. ``oom_score_adj`` plays no part beyond -1000 (never), and neither do names: a
 process can raise its adj and choose its name; what it faults and grows it cannot hide.
+
+Everything the ranking needs but eligibility is in ``/proc/PID/stat``, which takes no mmap
+lock: :meth:`CulpritPolicy.scan_key` lets the scan read that one file for every process and
+full records only for the top families (:mod:`pressured.scan.families`), with the same victim
+as a full scan.
 
 Members whose cgroup is marked ``oomd_omit`` (systemd's ``ManagedOOMPreference=omit``) are
 never ranked. The ranking carries each family's figures (demand, faults, growth, majflt rate,

@@ -307,7 +307,7 @@ out:
 
 /*
  * family_bounds(lines, earlier, self_pid, group, page_size, interval_s, min_demand, swap)
- *   -> list of ((rule, demand, size, start, pid), [pid, ...])
+ *   -> list of ((rule, demand, size, start, pid), [pid, ...]), highest first
  *
  * The native twin of pressured.scan.families.family_roots + family_bounds (the reference):
  * lines and earlier map PID -> stat tuple (as parse_stat_line gives; earlier may be None);
@@ -324,7 +324,26 @@ struct member {
     long pid, ppid, pgid;
     long long start, rss, minflt, majflt;
     Py_ssize_t root;
+    PyObject *key; /* the PID object of `lines` (borrowed: the dict outlives the call) */
 };
+
+struct family {
+    int rule;
+    double demand;
+    long long size, start, pid;
+    Py_ssize_t first, count; /* its members: order[first .. first + count) */
+};
+
+/* Descending by (rule, demand, size, start, pid): the order the scan reads families in. */
+static int family_descending(const void *a, const void *b) {
+    const struct family *x = a, *y = b;
+    if (x->rule != y->rule) return x->rule < y->rule ? 1 : -1;
+    if (x->demand != y->demand) return x->demand < y->demand ? 1 : -1;
+    if (x->size != y->size) return x->size < y->size ? 1 : -1;
+    if (x->start != y->start) return x->start < y->start ? 1 : -1;
+    if (x->pid != y->pid) return x->pid < y->pid ? 1 : -1;
+    return 0;
+}
 
 static Py_ssize_t find_index(const long *keys, const Py_ssize_t *slots, size_t mask, long pid) {
     size_t h = ((size_t)pid * 2654435761u) & mask;
@@ -369,6 +388,7 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
     Py_ssize_t *slots = PyMem_Malloc(sizeof(Py_ssize_t) * size);
     long long *sums = NULL; /* per root: faults, growth, rss, sampled, count, start, pid */
     Py_ssize_t *order = NULL, *first = NULL;
+    struct family *families = NULL;
     PyObject *result = NULL;
     if (!members || !keys || !slots) { PyErr_NoMemory(); goto out; }
     for (size_t i = 0; i < size; i++) slots[i] = -1;
@@ -385,7 +405,7 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
         }
         if ((f[4] & PF_KTHREAD) || f[0] == 'Z' || pid == 1 || pid == self_pid) continue;
         struct member *m = &members[n];
-        m->pid = pid; m->ppid = (long)f[1]; m->pgid = (long)f[2];
+        m->pid = pid; m->ppid = (long)f[1]; m->pgid = (long)f[2]; m->key = key;
         m->minflt = f[5]; m->majflt = f[6]; m->start = f[7]; m->rss = f[8];
         m->root = -1;
         size_t h = ((size_t)pid * 2654435761u) & mask;
@@ -430,10 +450,7 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
             sum[6] = m->pid;
         }
         if (earlier == Py_None) continue;
-        PyObject *pid_obj = PyLong_FromLong(m->pid);
-        if (!pid_obj) goto out;
-        PyObject *before = PyDict_GetItemWithError(earlier, pid_obj);
-        Py_DECREF(pid_obj);
+        PyObject *before = PyDict_GetItemWithError(earlier, m->key);
         if (before == NULL) {
             if (PyErr_Occurred()) goto out;
             continue;
@@ -454,38 +471,44 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
     Py_ssize_t at = 0;
     for (Py_ssize_t i = 0; i < n; i++) { Py_ssize_t c = first[i]; first[i] = at; at += c; }
     for (Py_ssize_t i = 0; i < n; i++) order[first[members[i].root]++] = i;
-    result = PyList_New(0);
-    if (!result) goto out;
-    Py_ssize_t k = 0;
-    while (k < n) {
-        Py_ssize_t root = members[order[k]].root;
-        long long *sum = &sums[root * 7];
-        Py_ssize_t count = (Py_ssize_t)sum[4];
-        PyObject *pids = PyList_New(count);
-        if (!pids) { Py_CLEAR(result); goto out; }
-        for (Py_ssize_t j = 0; j < count; j++) {
-            PyObject *pid = PyLong_FromLong(members[order[k + j]].pid);
-            if (!pid) { Py_DECREF(pids); Py_CLEAR(result); goto out; }
-            PyList_SET_ITEM(pids, j, pid);
-        }
-        k += count;
-        long long fam_size = sum[2] * page_size + sum[4] * swap;
+    families = PyMem_Malloc(sizeof(struct family) * (n ? n : 1));
+    if (!families) { PyErr_NoMemory(); goto out; }
+    Py_ssize_t count_families = 0;
+    for (Py_ssize_t k = 0; k < n;) {
+        long long *sum = &sums[members[order[k]].root * 7];
+        struct family *f = &families[count_families++];
         double faults = (double)(sum[0] * page_size) / (interval > 0 ? interval : 1.0);
         double growth = (double)(sum[1] * page_size) / (interval > 0 ? interval : 1.0);
         double demand = faults > growth ? faults : growth;
-        int rule = interval > 0 && sum[3] > 0 && demand >= min_demand;
-        PyObject *item = Py_BuildValue("((idLLL)N)", rule, rule ? demand : 0.0, fam_size,
-                                       sum[5], sum[6], pids);
-        if (!item || PyList_Append(result, item) < 0) {
-            Py_XDECREF(item);
-            Py_CLEAR(result);
-            goto out;
+        f->rule = interval > 0 && sum[3] > 0 && demand >= min_demand;
+        f->demand = f->rule ? demand : 0.0;
+        f->size = sum[2] * page_size + sum[4] * swap;
+        f->start = sum[5];
+        f->pid = sum[6];
+        f->first = k;
+        f->count = (Py_ssize_t)sum[4];
+        k += f->count;
+    }
+    qsort(families, (size_t)count_families, sizeof(struct family), family_descending);
+    result = PyList_New(count_families);
+    if (!result) goto out;
+    for (Py_ssize_t i = 0; i < count_families; i++) {
+        struct family *f = &families[i];
+        PyObject *pids = PyList_New(f->count);
+        if (!pids) { Py_CLEAR(result); goto out; }
+        for (Py_ssize_t j = 0; j < f->count; j++) {
+            PyObject *pid = members[order[f->first + j]].key;
+            Py_INCREF(pid);
+            PyList_SET_ITEM(pids, j, pid);
         }
-        Py_DECREF(item);
+        PyObject *item = Py_BuildValue("((idLLL)N)", f->rule, f->demand, f->size, f->start,
+                                       f->pid, pids);
+        if (!item) { Py_CLEAR(result); goto out; }
+        PyList_SET_ITEM(result, i, item);
     }
 out:
     PyMem_Free(members); PyMem_Free(keys); PyMem_Free(slots);
-    PyMem_Free(sums); PyMem_Free(first); PyMem_Free(order);
+    PyMem_Free(sums); PyMem_Free(first); PyMem_Free(order); PyMem_Free(families);
     return result;
 }
 

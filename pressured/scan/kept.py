@@ -153,7 +153,9 @@ class KeptSkim:
             for pid in [pid for pid in table if pid not in in_scope]:
                 os.close(table.pop(pid))  # left the scope (or exited unseen)
             room = self.max_fds - (self.others() if self.others is not None else 0)
-            for pid in pids:
+            if not table and room <= 0:
+                fresh = list(pids)  # the budget is spent on other files: none kept here
+            for pid in [] if fresh else pids:
                 if pid in table:
                     continue
                 if len(table) >= room:
