@@ -27,6 +27,7 @@ from pressured.policies import culprit as culprit_module
 from pressured.policies.base import Decision
 from pressured.policies.chain import PolicyChain
 from pressured.policies.culprit import CulpritOptions, CulpritPolicy
+from pressured.policies.oom_score import OomScoreOptions, OomScorePolicy
 from pressured.scan import kept as kept_module
 from pressured.scan import skim
 from pressured.scan.cmdline import CmdlineReader
@@ -65,7 +66,7 @@ def choice(decision: Decision) -> tuple[Any, ...]:
     )
 
 
-def decide(policy: CulpritPolicy, snapshot: Snapshot) -> Decision:
+def decide(policy: CulpritPolicy | OomScorePolicy, snapshot: Snapshot) -> Decision:
     return asyncio.run(policy(snapshot))
 
 
@@ -206,6 +207,10 @@ def test_family_fast_path_chooses_the_full_scans_victim_on_generated_trees(
             assert fast.rates_sampled and not fast.full_scan
             if policy is None:
                 assert chain_choice(fast) == chain_choice(full)
+                # The chain's safety net, asked alone: its finalists are in the snapshot too
+                # (ties on oom_score told apart by the stat skim, not all read).
+                safety_net = OomScorePolicy(OomScoreOptions())
+                assert choice(decide(safety_net, fast)) == choice(decide(safety_net, full))
             else:
                 assert choice(decide(policy, fast)) == choice(decide(policy, full)), label
             if busy and label == "culprit":
@@ -493,3 +498,51 @@ def test_kept_files_of_one_scope_share_one_fd_budget(tmp_path: Path) -> None:
         assert kept.open_fds == 40
     finally:
         kept.close()
+
+
+@pytest.fixture
+def idle_scope() -> Iterator[ScratchGroup]:
+    """A scratch group of forty identical sleepers: one oom_score, one size, no demand."""
+    reason = kernel_skip_reason()
+    if reason:
+        pytest.skip(f"real-kernel test: {reason}")
+    with ScratchGroup(None) as group:
+        sleepers = [
+            group.spawn(["sleep", "600"], stdout=subprocess.DEVNULL) for _ in range(SLEEPERS)
+        ]
+        deadline = time.monotonic() + 30
+        while not all(_asleep(proc.pid) for proc in sleepers):
+            assert time.monotonic() < deadline, "sleepers did not settle"
+            time.sleep(0.01)
+        yield group
+
+
+def _asleep(pid: int) -> bool:
+    """In nanosleep: exec'd and its loader done, so its figures no longer move."""
+    try:
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_identical_idle_processes_are_not_all_read_in_full(idle_scope: ScratchGroup) -> None:
+    """Forty sleepers tie on demand, size and oom_score: the stat skim's start times and PIDs
+    settle the ties, so neither policy of the default chain reads them all (both did: ties at
+    the top were read for the policy's tie-breaks)."""
+    chain = PolicyChain.from_settings(DEFAULT_CHAIN, "policies")
+    plan = plan_for(link.policy for link in chain.links)
+    common: dict[str, Any] = {
+        "layout": idle_scope.layout,
+        "cgroup_path": idle_scope.path,
+        "memcg_v1_path": idle_scope.memcg_path,
+    }
+    kept = KeptSkims()
+    try:
+        fast = take_snapshot(EVENT, **common, plan=plan, cmdlines=CmdlineReader(), kept=kept)
+    finally:
+        kept.close()
+    full = ProcessHistory().complete(take_snapshot(EVENT, **common))
+    assert len(fast.processes) < SLEEPERS // 2
+    assert chain_choice(fast) == chain_choice(full)
+    safety_net = OomScorePolicy(OomScoreOptions())
+    assert choice(decide(safety_net, fast)) == choice(decide(safety_net, full))

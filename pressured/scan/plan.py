@@ -56,6 +56,10 @@ class RankKey:
     rule: not protected, not a kernel thread, not a zombie, not PID 1 or us)."""
     floor: int = 0
     """A score below this is never eligible (a size floor): bounds below it end the reading."""
+    order: Callable[[ProcessRecord], tuple[int, ...]] | None = None
+    """The policy's whole sort key (``score`` first, then its tie-breaks: memory, start time,
+    PID), for an ``OOM_SCORE`` key: where a stat skim is at hand (a chain with a family key),
+    processes tied on their bound are then told apart without reading them all."""
 
 
 FamilyOrder = tuple[int, float, int, int, int]

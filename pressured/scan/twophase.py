@@ -18,6 +18,7 @@ result carries the earlier samples its rates were taken against.
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -97,24 +98,54 @@ class _Reader:
         return record
 
 
+Order = tuple[float, ...]
+"""A bound or a score as a tuple: the policy's first criterion, then (where the key gives its
+whole sort key) the tie-breaks."""
+
+
 def _descending(
-    key: RankKey, skims: Mapping[str, SkimResult], pids: Sequence[int], swap_in_use: int
-) -> Iterator[tuple[float, int]]:
-    """(bound, pid) from the highest bound down (equal bounds in no particular order)."""
+    key: RankKey,
+    skims: Mapping[str, SkimResult],
+    pids: Sequence[int],
+    swap_in_use: int,
+    lines: Mapping[int, procfs.StatLine],
+) -> Iterator[tuple[Order, int]]:
+    """(bound, pid) from the highest bound down. Equal first bounds come in no particular
+    order, unless the key gives its whole sort key (``RankKey.order``) and a stat skim is at
+    hand: then ties are ordered by a bound on the tie-breaks too (resident + swap in use,
+    start time, PID), so a thousand processes of one oom_score are not all read."""
     if key.bound is Bound.SWAP:
         bound = float(swap_in_use + key.slack)
-        yield from ((bound, pid) for pid in pids)
+        yield from (((bound,), pid) for pid in pids)
         return
     skimmed = skims[_SKIM_FILE[key.bound]]
     # A process whose cheap file was malformed cannot be bounded: read it early rather
     # than leave a possible winner out.
-    yield from ((_INFINITY, p.pid) for p in skimmed.problems if p.pid)
+    yield from (((_INFINITY,), p.pid) for p in skimmed.problems if p.pid)
     extra = float(key.slack + (swap_in_use if key.bound is Bound.MEMORY else 0))
     values = skimmed.values
     # The same constant is added to every value, so the values' order is the bounds'; a
     # sort keyed by a C method is the cheapest way to it (about 1 ms for 10,000 here).
-    for pid in sorted(values, key=values.__getitem__, reverse=True):
-        yield values[pid] + extra, pid
+    ranked = sorted(values, key=values.__getitem__, reverse=True)
+    if key.order is None or key.bound is not Bound.OOM_SCORE or not lines:
+        yield from (((values[pid] + extra,), pid) for pid in ranked)
+        return
+    for value, tied in itertools.groupby(ranked, key=values.__getitem__):
+        bounds = [((value + extra, *_tie_bound(pid, lines, swap_in_use)), pid) for pid in tied]
+        bounds.sort(reverse=True)
+        yield from bounds
+
+
+def _tie_bound(
+    pid: int, lines: Mapping[int, procfs.StatLine], swap_in_use: int
+) -> tuple[float, float, float]:
+    """What (memory, start time, PID) of a process cannot exceed, from its stat line (the
+    record's resident size is the line's: :func:`~pressured.scan.families.as_of_skim`)."""
+    line = lines.get(pid)
+    if line is None:
+        return (_INFINITY, _INFINITY, _INFINITY)
+    memory = line[procfs.LINE_RSS_PAGES] * procfs.PAGE_SIZE + swap_in_use
+    return (memory, line[procfs.LINE_START], pid)
 
 
 def scan_two_phase(
@@ -188,8 +219,10 @@ def scan_two_phase(
         complete = complete and result.complete
     skimmed = max((len(result.values) for result in skims.values()), default=0)
     for key in keys:
-        order = _descending(key, skims, pids, swap_in_use)
-        read_all = _read_key(key, order, reader, candidate=candidate, top=top, clock=clock)
+        order = _descending(key, skims, pids, swap_in_use, lines)
+        read_all = _read_key(
+            key, order, reader, candidate=candidate, top=top, clock=clock, lines=lines
+        )
         complete = read_all and complete
     if plan is None and complete:
         # A full scan reads every process. One whose cheap file could not be read (gone, or a
@@ -222,20 +255,22 @@ def scan_two_phase(
 
 def _read_key(
     key: RankKey,
-    order: Iterator[tuple[float, int]],
+    order: Iterator[tuple[Order, int]],
     reader: _Reader,
     *,
     candidate: Callable[[ProcessRecord], bool],
     top: float,
     clock: Callable[[], float],
+    lines: Mapping[int, procfs.StatLine],
 ) -> bool:
     """Full records in ``order`` until the key's top is certain; False when the deadline
     cut it short."""
-    best: list[int] = []  # min-heap of the top eligible scores so far
-    highest: float = -_INFINITY
+    best: list[Order] = []  # min-heap of the top eligible scores so far
+    highest: Order = (-_INFINITY,)
     deadline = reader.deadline
+    whole = key.order is not None and key.bound is Bound.OOM_SCORE and bool(lines)
     for position, (bound, pid) in enumerate(order):
-        if bound < key.floor:
+        if bound[0] < key.floor:
             break  # nothing unread can even be eligible
         # Read on while something unread may still be the victim (ties at the top
         # included: the policy's tie-breaks need their records) or may outscore the
@@ -252,7 +287,10 @@ def _read_key(
         record = reader.get(pid)
         if record is None or not candidate(record) or not key.eligible(record):
             continue
-        score = key.score(record)
+        if whole and key.order is not None:
+            score: Order = key.order(as_of_skim(record, lines.get(pid)))
+        else:
+            score = (key.score(record),)
         highest = max(highest, score)
         heapq.heappush(best, score)
         if len(best) > top:
