@@ -247,7 +247,8 @@ class KeptSkims:
 
     def __init__(self, proc_root: str = "/proc", max_fds: int | None = None) -> None:
         self.proc_root = proc_root
-        self.max_fds = max_fds
+        self.max_fds = default_max_fds() if max_fds is None else max_fds
+        """The fd budget of all the scope's kept files together."""
         self._by_name: dict[str, KeptSkim] = {}
 
     @property
