@@ -546,3 +546,44 @@ def test_identical_idle_processes_are_not_all_read_in_full(idle_scope: ScratchGr
     assert chain_choice(fast) == chain_choice(full)
     safety_net = OomScorePolicy(OomScoreOptions())
     assert choice(decide(safety_net, fast)) == choice(decide(safety_net, full))
+
+
+def test_an_extension_built_before_the_stat_skim_is_not_asked_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale native build (no stat support) falls back to Python for stat, not an error."""
+
+    class Stale:
+        """An extension with the old entry points only."""
+
+        @staticmethod
+        def skim(*_args: object) -> object:
+            raise ValueError("which must be 0 (statm) or 1 (oom_score)")
+
+        pread_many = skim
+
+    processes, _rng = generated(tmp_path, 5, 20)
+    monkeypatch.setattr(skim, "_skim", Stale())
+    monkeypatch.setattr(skim, "NATIVE_AVAILABLE", True)
+    result = skim.skim(str(tmp_path), [p.pid for p in processes], "stat")
+    assert len(result.lines) == len(processes)
+    kept = KeptSkims(str(tmp_path))
+    try:
+        again = kept.skim(str(tmp_path), [p.pid for p in processes], "stat")
+    finally:
+        kept.close()
+    assert again.lines == result.lines
+
+
+def test_kept_files_closed_by_their_scope_keep_nothing_afterwards(tmp_path: Path) -> None:
+    """A warm-up still running on the I/O thread when the scope closes its kept files (a
+    fast SIGTERM: the daemon crashed iterating the table) keeps no fds nobody would close."""
+    processes, _rng = generated(tmp_path, 4, 20)
+    pids = [p.pid for p in processes]
+    kept = KeptSkims(str(tmp_path))
+    kept.skim(str(tmp_path), pids, "stat")
+    kept.close()
+    for name in ("stat", "oom_score"):
+        result = kept.skim(str(tmp_path), pids, name)
+        assert len(result.values) == len(pids)
+    assert kept.open_fds == 0

@@ -161,7 +161,7 @@ def bounded_families(
     """:func:`family_roots` and :func:`family_bounds` in one, highest bound first; natively
     where the optional extension is built (5 to 10 times faster)."""
     native = skim_module.native_module()
-    if native is not None and skim_module.NATIVE_AVAILABLE:
+    if skim_module.native_reads("stat"):
         timed = earlier is not None and now_ns > earlier.taken_ns
         interval = (now_ns - earlier.taken_ns) / 1e9 if earlier is not None and timed else 0.0
         result: list[tuple[Bound, list[int]]] = native.family_bounds(

@@ -20,7 +20,8 @@ A ``stat`` skim also keeps its last :data:`GENERATIONS` readings (one
 :data:`~pressured.kernel.procfs.StatLine` per process and when it was taken): the earlier
 sample that fault and growth rates need (:mod:`pressured.policies.culprit`), so an event that
 finds a recent one does not wait for a second sample. At 10,000 processes a generation holds
-about 3.7 MB of Python objects; it is replaced by the next scan, never refreshed on a timer.
+about 4 MiB of Python objects (tracemalloc); each scan replaces the older one, nothing refreshes
+them between events.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def default_max_fds() -> int:
 
 
 class KeptSkim:
-    """One kept fd per process for one skim file (``statm`` or ``oom_score``)."""
+    """One kept fd per process for one skim file (``statm``, ``oom_score`` or ``stat``)."""
 
     def __init__(
         self,
@@ -99,6 +100,8 @@ class KeptSkim:
         self.max_fds = default_max_fds() if max_fds is None else max_fds
         self.others = others
         """How many fds other kept files of the same scope hold (they share ``max_fds``)."""
+        self.closed = False
+        """Closed by its scope: later skims open afresh and keep nothing."""
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         self.generations: deque[StatGeneration] = deque(maxlen=GENERATIONS)
@@ -111,6 +114,7 @@ class KeptSkim:
 
     def close(self) -> None:
         with self._lock:
+            self.closed = True
             _close_all(self._fds)
 
     def retain(self, pids: set[int]) -> int:
@@ -135,6 +139,8 @@ class KeptSkim:
         if name != self.name or proc_root != self.proc_root:
             return skim_module.skim(proc_root, pids, name, deadline, clock)
         with self._lock:
+            if self.closed:
+                return skim_module.skim(proc_root, pids, name, deadline, clock)
             result = self._skim(pids, deadline, clock)
             if self.name == "stat" and result.complete:
                 self.generations.append(StatGeneration(result.taken_ns, result.lines))
@@ -199,7 +205,7 @@ class KeptSkim:
         self, fds: list[int], pids: list[int], deadline: float | None, clock: Callable[[], float]
     ) -> tuple[list[tuple[int, int]] | list[tuple[int, StatLine]], list[tuple[int, int]], bool]:
         native = skim_module.native_module()
-        if native is not None and skim_module.NATIVE_AVAILABLE and clock is time.monotonic:
+        if skim_module.native_reads(self.name) and clock is time.monotonic:
             deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
             values, failed, complete = native.pread_many(
                 fds, pids, _WHICH[self.name], procfs.PAGE_SIZE, deadline_ns
@@ -243,17 +249,27 @@ class KeptSkim:
 
 
 class KeptSkims:
-    """A scope's kept skim files, one :class:`KeptSkim` per file name, made on first use."""
+    """A scope's kept skim files, one :class:`KeptSkim` per file name, made on first use.
+
+    The scope closes them (on its own loop thread) while its I/O thread may be skimming or
+    warming up: the table of files is changed under a lock, and a skim after the close reads
+    with fresh opens instead of keeping new fds nobody would close."""
 
     def __init__(self, proc_root: str = "/proc", max_fds: int | None = None) -> None:
         self.proc_root = proc_root
         self.max_fds = default_max_fds() if max_fds is None else max_fds
         """The fd budget of all the scope's kept files together."""
         self._by_name: dict[str, KeptSkim] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _files(self) -> list[KeptSkim]:
+        with self._lock:
+            return list(self._by_name.values())
 
     @property
     def open_fds(self) -> int:
-        return sum(len(kept) for kept in self._by_name.values())
+        return sum(len(kept) for kept in self._files())
 
     def skim(
         self,
@@ -263,22 +279,28 @@ class KeptSkims:
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> SkimResult:
-        kept = self._by_name.get(name)
+        with self._lock:
+            kept = self._by_name.get(name)
+            if kept is None and not self._closed:
+
+                def others(name: str = name) -> int:
+                    return sum(len(k) for k in self._files() if k.name != name)
+
+                kept = self._by_name[name] = KeptSkim(name, self.proc_root, self.max_fds, others)
         if kept is None:
-
-            def others(name: str = name) -> int:
-                return sum(len(k) for n, k in self._by_name.items() if n != name)
-
-            kept = self._by_name[name] = KeptSkim(name, self.proc_root, self.max_fds, others)
+            return skim_module.skim(proc_root, pids, name, deadline, clock)
         return kept.skim(proc_root, pids, name, deadline, clock)
 
     def close(self) -> None:
-        for kept in self._by_name.values():
+        with self._lock:
+            self._closed = True
+        for kept in self._files():
             kept.close()
 
     def earlier_stat(self, now_ns: int, min_age_ns: int, max_age_ns: int) -> StatGeneration | None:
         """The newest kept stat reading aged between ``min_age_ns`` and ``max_age_ns``."""
-        kept = self._by_name.get("stat")
+        with self._lock:
+            kept = self._by_name.get("stat")
         if kept is None:
             return None
         with kept._lock:
@@ -286,7 +308,7 @@ class KeptSkims:
         return usable_generation(generations, now_ns, min_age_ns, max_age_ns)
 
     def retain(self, pids: set[int]) -> int:
-        return sum(kept.retain(pids) for kept in self._by_name.values())
+        return sum(kept.retain(pids) for kept in self._files())
 
 
 def release_departed(kept: KeptSkims, cgroup: Cgroup | None, proc_root: str = "/proc") -> int:

@@ -33,6 +33,14 @@ def native_module() -> Any:
     return _skim
 
 
+def native_reads(name: str) -> bool:
+    """Whether the native extension (where available and not disabled) can skim ``name``: an
+    extension built before the ``stat`` skim existed cannot, and must not be asked to."""
+    if not NATIVE_AVAILABLE or _skim is None:
+        return False
+    return name != "stat" or hasattr(_skim, "family_bounds")
+
+
 def skim_native(
     proc_root: str, pids: Sequence[int], name: str, deadline: float | None = None
 ) -> SkimResult:
@@ -71,6 +79,6 @@ def skim(
 ) -> SkimResult:
     """The native skim where built (and not disabled), else the pure-Python one. A test's
     own ``clock`` (anything but :func:`time.monotonic`) takes the Python path, which uses it."""
-    if NATIVE_AVAILABLE and clock is time.monotonic:
+    if native_reads(name) and clock is time.monotonic:
         return skim_native(proc_root, pids, name, deadline)
     return procfs.skim_python(proc_root, pids, name, deadline, clock)

@@ -192,7 +192,8 @@ def scan_two_phase(
         problems.extend(stat.problems)
         reader.vanished += stat.vanished
         lines, sampled_ns = stat.lines, stat.taken_ns
-        complete = stat.complete and _family_phases(
+        # Even a skim the deadline cut short is ranked: its families are the likely answer.
+        families_read = _family_phases(
             plan,
             reader,
             stat,
@@ -203,6 +204,7 @@ def scan_two_phase(
             clock=clock,
             group_members=group_members,
         )
+        complete = stat.complete and families_read
     keys: tuple[RankKey, ...]
     if plan is None:
         # Everything, but largest first, so a deadline leaves the records that matter.
