@@ -324,6 +324,10 @@ def take_snapshot(
                 yield from Cgroup(layout, path).member_paths(errors=[])
             except OSError:
                 return
+        else:
+            # No cgroup mount known: ask each process (one small lock-free read) until the
+            # caller has what it needs (it stops at the first outsider it can read).
+            yield from (pid for pid in pids if within(procfs.cgroup_of(pid, proc_root), (path,)))
 
     scan = scan_two_phase(
         proc_root,

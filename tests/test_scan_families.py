@@ -124,8 +124,11 @@ class FakeProcess:
     def live(self, rng: random.Random, busy: bool) -> None:
         """What it did during the interval: most nothing, a few fault or grow, one or two
         exit and have their PID reused by a new process."""
-        if rng.random() < 0.02:
-            self.start += 5000  # a new process with the old PID: no earlier sample
+        if rng.random() < 0.03:
+            # A new process with the old PID, born within the interval: its faults since
+            # birth count, its size does not count as growth.
+            self.start = procfs.start_ticks_at(time.monotonic_ns()) + rng.randrange(1, 50)
+            self.minflt, self.majflt = rng.randrange(0, 300_000), 0
         if busy and rng.random() < 0.15:
             self.minflt += rng.choice([1, 50, rng.randrange(1, 200_000)])
             self.majflt += rng.choice([0, 0, rng.randrange(0, 2000)])

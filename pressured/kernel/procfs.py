@@ -20,6 +20,7 @@ from pressured.errors import ParseError
 
 PF_KTHREAD = 0x00200000
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEFAULT_CMDLINE_LIMIT = 4096
 _READ_CHUNK = 65536
 
@@ -248,6 +249,14 @@ def format_cmdline(data: bytes, limit: int) -> tuple[str, bool]:
     return cleaned, truncated
 
 
+def cgroup_of(pid: int, proc_root: str = "/proc") -> str | None:
+    """The cgroup v2 path of a process, or None (no v2 line, or the process is gone)."""
+    try:
+        return parse_cgroup_v2(_read(f"{proc_root}/{pid}/cgroup"))
+    except OSError:
+        return None
+
+
 def _int_file(path: str, source: str) -> int:
     raw = _read(path, 64).strip()
     try:
@@ -445,6 +454,16 @@ def skim_python(
             else:
                 problems.append(problem)
     return SkimResult(values, tuple(problems), vanished, True, lines, taken_ns)
+
+
+def start_ticks_at(monotonic_ns: int) -> int:
+    """The ``stat`` start time (clock ticks since boot) of a process started at
+    ``monotonic_ns``. A process with this start time or a later one, not seen by a reading
+    taken then, was born within the tick of the reading or after it: counted as born since
+    (it may have joined the scope a few ms before, which changes nothing that matters). The
+    start time counts from boot including suspend; the monotonic clock does not."""
+    offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+    return (monotonic_ns + offset) * CLOCK_TICKS // 1_000_000_000
 
 
 def read_failure(pid: int, exc: OSError | ParseError) -> ScanProblem | None:

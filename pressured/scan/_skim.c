@@ -306,7 +306,8 @@ out:
 }
 
 /*
- * family_bounds(lines, earlier, self_pid, group, page_size, interval_s, min_demand, swap)
+ * family_bounds(lines, earlier, self_pid, group, page_size, interval_s, min_demand, swap,
+ *               born_after)
  *   -> list of ((rule, demand, size, start, pid), [pid, ...]), highest first
  *
  * The native twin of pressured.scan.families.family_roots + family_bounds (the reference):
@@ -317,6 +318,8 @@ out:
  * demand >= min_demand, else (0, 0.0, size), with demand = max(faults, positive growth) *
  * page_size / interval_s and size = resident pages * page_size + members * swap; (start, pid)
  * is the largest (start time, PID) of its members: no root inside can rank after a tie later.
+ * A member not in earlier (or with another start time) but started after born_after (clock
+ * ticks; < 0: none) counts as sampled, with its faults since birth and no growth.
  */
 #define PF_KTHREAD 0x00200000LL
 
@@ -373,8 +376,9 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
     int group;
     long long page_size, swap;
     double interval, min_demand;
-    if (!PyArg_ParseTuple(args, "OOlpLddL", &lines, &earlier, &self_pid, &group, &page_size,
-                          &interval, &min_demand, &swap))
+    long long born_after;
+    if (!PyArg_ParseTuple(args, "OOlpLddLL", &lines, &earlier, &self_pid, &group, &page_size,
+                          &interval, &min_demand, &swap, &born_after))
         return NULL;
     if (!PyDict_Check(lines) || (earlier != Py_None && !PyDict_Check(earlier))) {
         PyErr_SetString(PyExc_TypeError, "lines and earlier must be dicts (earlier or None)");
@@ -451,16 +455,19 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
         }
         if (earlier == Py_None) continue;
         PyObject *before = PyDict_GetItemWithError(earlier, m->key);
-        if (before == NULL) {
-            if (PyErr_Occurred()) goto out;
-            continue;
-        }
+        if (before == NULL && PyErr_Occurred()) goto out;
         long long b[9];
-        if (!line_numbers(before, b)) {
+        if (before != NULL && !line_numbers(before, b)) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "malformed stat line");
             goto out;
         }
-        if (b[7] != m->start) continue;
+        if (before == NULL || b[7] != m->start) {
+            if (born_after >= 0 && m->start >= born_after) { /* born since: faults since birth */
+                sum[3] += 1;
+                sum[0] += m->minflt + m->majflt;
+            }
+            continue;
+        }
         sum[3] += 1;
         sum[0] += (m->minflt > b[5] ? m->minflt - b[5] : 0) + (m->majflt > b[6] ? m->majflt - b[6] : 0);
         sum[1] += m->rss > b[8] ? m->rss - b[8] : 0;

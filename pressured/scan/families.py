@@ -22,6 +22,11 @@ size tie on everything but the tie-break, which the bound carries, so they are n
 A whole stat family in hand is also what :func:`pressured.family.expand` needs to kill the
 victim's family.
 
+A process born after the earlier reading (a new PID, or a PID reused) did all its faulting
+within the interval: it counts with its faults since birth and no growth (fork shares its
+parent's pages, which would show as growth), as :class:`~pressured.history.ProcessHistory`
+counts it after a full scan.
+
 The rates' earlier sample is the newest kept stat reading 0.1 to 5 s old; where there is none
 (the first event after a quiet spell, no kept files), the phase reads everyone's stat again
 after ``resample_s``: the same second sample :mod:`pressured.history` takes after a full scan,
@@ -116,6 +121,7 @@ def family_bounds(
     # Per family: [faults, positive growth, resident pages, members sampled], members.
     sums: dict[int, tuple[list[int], list[int]]] = {}
     before_lines = earlier.lines if earlier is not None else {}
+    born_after = earlier.born_after if earlier is not None else None
     for pid, root in root_of.items():
         line = lines[pid]
         entry = sums.get(root)
@@ -126,6 +132,9 @@ def family_bounds(
         figures[2] += line[LINE_RSS_PAGES]
         before = before_lines.get(pid)
         if before is None or before[LINE_START] != line[LINE_START]:
+            if born_after is not None and line[LINE_START] >= born_after:
+                figures[3] += 1
+                figures[0] += line[LINE_MINFLT] + line[LINE_MAJFLT]
             continue
         figures[3] += 1
         figures[0] += max(0, line[LINE_MINFLT] - before[LINE_MINFLT]) + max(
@@ -173,6 +182,7 @@ def bounded_families(
             interval,
             min_demand,
             swap_in_use,
+            -1 if earlier is None else earlier.born_after,
         )
         return result
     bounded = family_bounds(
@@ -185,6 +195,12 @@ def bounded_families(
     )
     bounded.sort(key=lambda item: item[0], reverse=True)
     return bounded
+
+
+def newborn_sample(record: ProcessRecord, taken_ns: int) -> ProcessSample:
+    """The earlier sample of a process born after ``taken_ns``: no faults yet, and its present
+    size (no growth: a forked child's shared pages are its parent's)."""
+    return ProcessSample(record.rss_bytes, 0, 0, taken_ns)
 
 
 def as_of_skim(record: ProcessRecord, line: StatLine | None) -> ProcessRecord:
@@ -207,13 +223,17 @@ def as_of_skim(record: ProcessRecord, line: StatLine | None) -> ProcessRecord:
 def samples_of(
     earlier: StatGeneration | None, records: Iterable[ProcessRecord]
 ) -> dict[Identity, ProcessSample]:
-    """The earlier samples of ``records`` (where the same process was seen then)."""
+    """The earlier samples of ``records``: where the same process was seen then, and for a
+    process born since, a sample of no faults and its present size (see the module's doc)."""
     if earlier is None:
         return {}
+    born_after = earlier.born_after
     samples: dict[Identity, ProcessSample] = {}
     for record in records:
         before = earlier.lines.get(record.pid)
         if before is None or before[LINE_START] != record.start_time:
+            if record.start_time >= born_after:
+                samples[record.identity] = newborn_sample(record, earlier.taken_ns)
             continue
         samples[record.identity] = ProcessSample(
             before[LINE_RSS_PAGES] * PAGE_SIZE,

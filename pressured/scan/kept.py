@@ -55,6 +55,13 @@ class StatGeneration:
 
     taken_ns: int
     lines: dict[int, StatLine]
+    born_after: int = -1
+    """The start time (clock ticks) from which a process it did not see counts as born since
+    (:func:`~pressured.kernel.procfs.start_ticks_at`), fixed once so that every use agrees."""
+
+    def __post_init__(self) -> None:
+        if self.born_after < 0:
+            object.__setattr__(self, "born_after", procfs.start_ticks_at(self.taken_ns))
 
 
 def usable_generation(
