@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord, parse_stat, start_ticks_at
+from pressured.scan.kept import BORN_SINCE_MARGIN_NS
 from pressured.snapshot import ProcessSample, Snapshot
 
 Identity = tuple[int, int]
@@ -77,7 +78,7 @@ def with_newborns(
     born after it: all its faulting happened within the interval, and a process that started
     thrashing after the last snapshot must not rank as "no earlier sample" (the fast path's
     rule too: :func:`pressured.scan.families.newborn_sample`)."""
-    born_after = start_ticks_at(generation.taken_ns)
+    born_after = start_ticks_at(generation.taken_ns - BORN_SINCE_MARGIN_NS)
     newborns = {
         p.identity: ProcessSample(p.rss_bytes, 0, 0, generation.taken_ns)
         for p in candidates

@@ -9,6 +9,7 @@ processes in a scratch cgroup (a faulting family, a large idle one, a grower).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import subprocess
 import sys
@@ -590,3 +591,53 @@ def test_kept_files_closed_by_their_scope_keep_nothing_afterwards(tmp_path: Path
         result = kept.skim(str(tmp_path), pids, name)
         assert len(result.values) == len(pids)
     assert kept.open_fds == 0
+
+
+def test_a_process_born_since_the_last_snapshot_counts_its_faults_since_birth() -> None:
+    """Full path: history hands a process born after its last snapshot a sample of no faults
+    (it ranked as "no earlier sample", so a thrasher started after that snapshot lost to a
+    big idle process by size)."""
+    from pressured.testing import make_process, make_snapshot
+
+    history = ProcessHistory(resample_s=0)
+    then_ns = time.monotonic_ns() - 10**9
+    old = make_process(10, rss_mib=100, minflt=500, start_time=1)
+    history.complete(dataclasses.replace(make_snapshot([old]), taken_monotonic_ns=then_ns))
+    born = procfs.start_ticks_at(then_ns) + 20
+    grower = make_process(11, rss_mib=30, minflt=50_000, start_time=born)
+    now = dataclasses.replace(make_snapshot([old, grower]), taken_monotonic_ns=then_ns + 10**9)
+    completed = history.complete(now)
+    sample = completed.previous[grower.identity]
+    assert (sample.minflt, sample.majflt, sample.monotonic_ns) == (0, 0, then_ns)
+    decision = decide(CulpritPolicy(CulpritOptions()), completed)
+    assert decision.victims[0].pid == 11 and decision.victims[0].figures["rule"] == "demand"
+
+
+def test_a_process_born_since_the_kept_reading_counts_its_faults_since_birth(
+    idle_scope: ScratchGroup,
+) -> None:
+    """Fast path: a process started after the scope's kept stat reading (taken at arm time)
+    is ranked on its faults since birth, not left without a rate."""
+    chain = PolicyChain.from_settings(DEFAULT_CHAIN, "policies")
+    plan = plan_for(link.policy for link in chain.links)
+    assert plan is not None
+    kept = KeptSkims()
+    try:
+        prewarm_scope(kept, plan.skim_files, idle_scope.group)
+        grower = idle_scope.spawn([sys.executable, "-c", FAULTER, "0"])
+        _ready(grower)
+        time.sleep(0.15)  # the interval the rates are taken over (at least 0.1 s)
+        snapshot = take_snapshot(
+            EVENT,
+            layout=idle_scope.layout,
+            cgroup_path=idle_scope.path,
+            memcg_v1_path=idle_scope.memcg_path,
+            plan=plan,
+            cmdlines=CmdlineReader(),
+            kept=kept,
+        )
+    finally:
+        kept.close()
+    decision = decide(CulpritPolicy(CulpritOptions()), snapshot)
+    assert decision.victims[0].pid == grower.pid
+    assert decision.victims[0].figures["rule"] == "demand"

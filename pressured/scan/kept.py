@@ -45,6 +45,12 @@ from pressured.scan import skim as skim_module
 
 _WHICH = {"statm": 0, "oom_score": 1, "stat": 2}
 GENERATIONS = 2
+BORN_SINCE_MARGIN_NS = 500_000_000
+"""A process a reading did not see counts as born since it if it started no earlier than this
+before the reading: the PIDs are listed before the reading begins (10,000 of them take tens
+of ms), and a new process joins its cgroup a moment after its fork (``echo $$ >
+cgroup.procs; exec``), so one born just before the reading can still be missing from it. Its
+faults since birth then count over the interval plus at most this margin."""
 """Stat readings kept: the last, and the one before it (for an event that follows a scan by
 less than the shortest usable interval)."""
 
@@ -61,7 +67,8 @@ class StatGeneration:
 
     def __post_init__(self) -> None:
         if self.born_after < 0:
-            object.__setattr__(self, "born_after", procfs.start_ticks_at(self.taken_ns))
+            born_after = procfs.start_ticks_at(self.taken_ns - BORN_SINCE_MARGIN_NS)
+            object.__setattr__(self, "born_after", born_after)
 
 
 def usable_generation(
