@@ -19,9 +19,10 @@ file's fds for every process before the second gets any, never twice the bound.
 A ``stat`` skim also keeps its last :data:`GENERATIONS` readings (one
 :data:`~pressured.kernel.procfs.StatLine` per process and when it was taken): the earlier
 sample that fault and growth rates need (:mod:`pressured.policies.culprit`), so an event that
-finds a recent one does not wait for a second sample. At 10,000 processes a generation holds
-about 4 MiB of Python objects (tracemalloc); each scan replaces the older one, nothing refreshes
-them between events.
+finds a recent one does not wait for a second sample. Measured at 10,000 processes: the kept
+stat fds hold 61 MiB of kernel slab (52 MiB for oom_score's), the two generations 7 MiB of
+Python heap (tracemalloc); each scan replaces the older generation, nothing refreshes them
+between events.
 """
 
 from __future__ import annotations
