@@ -287,8 +287,14 @@ def busy_scope() -> Iterator[ScratchGroup]:
         _ready(group.spawn([sys.executable, "-c", HOLDER, "120"]))
         faulters = group.spawn([sys.executable, "-c", FAULTER, "2"], group=group.child("faulters"))
         _ready(faulters)
-        for _ in range(SLEEPERS):
-            group.spawn(["sleep", "600"], stdout=subprocess.DEVNULL)
+        sleepers = [
+            group.spawn(["sleep", "600"], stdout=subprocess.DEVNULL) for _ in range(SLEEPERS)
+        ]
+        # Both scans must see the same world: wait until every sleeper has joined and exec'd.
+        deadline = time.monotonic() + 30
+        while not all(_asleep(proc.pid) for proc in sleepers):
+            assert time.monotonic() < deadline, "sleepers did not settle"
+            time.sleep(0.01)
         yield group
 
 
