@@ -39,6 +39,7 @@ class Config:
     starve: str = "idle"
     reaction_sizes: tuple[int, ...] = (100, 1000, 10_000)
     reaction_events: int = 20
+    reaction_chains: tuple[str, ...] = ("oom_score", "default")
     episodes: int = 10
     episode_limit_mib: int = 64
     thrash_file_mib: int = 512

@@ -1,7 +1,9 @@
 """Reaction: from a pressure event to SIGKILL sent, with 100 .. 10,000 processes in scope.
 
-A scratch cgroup holds N processes: one spawner (:mod:`benchmarks.sleepers`), sleepers, and
-as many victims as events (``oom_score_adj`` 1000, so the ``oom_score`` policy picks them).
+A scratch cgroup holds N processes: one spawner (:mod:`benchmarks.sleepers`), sleepers (each
+its own process group: its own family), and as many victims as events per chain (the largest
+families, ``oom_score_adj`` 1000: the ``oom_score`` policy and the default chain, ``culprit``
+then ``oom_score``, both pick them). Each chain is measured in turn on the same processes.
 An in-process :class:`~pressured.controller.Controller` on uvloop watches the group (guard
 cooldown 0, a high rate limit, mlockall off, JSON logs to /dev/null so logging costs what it
 costs in the daemon), and each :class:`~pressured.events.PressureEvent` (``source=MANUAL``) is
@@ -44,6 +46,14 @@ FLOOR_C = Path(__file__).with_name("floor.c")
 PLOT = Path(__file__).with_name("results") / "reaction.svg"
 TARGETS_MS = {1000: 5.0, 10_000: 25.0}
 FLOOR_FILE = "oom_score"  # the one file the oom_score policy skims
+CHAINS: dict[str, list[dict[str, Any]] | None] = {
+    "oom_score": [{"name": "oom_score"}],
+    "default": None,  # the configuration's default chain: culprit, then oom_score
+}
+CHAIN_LABELS = {"oom_score": "oom_score", "default": "default chain: culprit, oom_score"}
+EVENT_GAP_S = 0.25
+"""Between events: a PSI trigger fires at most once per window (>= 0.5 s), and rate policies
+take their rates against the previous event's reading once it is at least 0.1 s old."""
 THRASH_RUNS = 6
 THRASH_FILE = "/var/tmp/pressured-bench-reaction-thrash.bin"
 STAGE_SPANS = (
@@ -91,10 +101,13 @@ def _read_ready(stdout: Any, timeout_s: float) -> dict[str, Any]:
     return info
 
 
-def _settings(cgroup: str, memcg: str | None) -> Any:
+def _settings(cgroup: str, memcg: str | None, chain: str = "oom_score") -> Any:
     from pressured.config import validate_settings
 
-    scope: dict[str, Any] = {"cgroup": cgroup, "policies": [{"name": "oom_score"}]}
+    scope: dict[str, Any] = {"cgroup": cgroup}
+    policies = CHAINS[chain]
+    if policies is not None:
+        scope["policies"] = policies
     if memcg:
         scope["memcg_v1"] = memcg
     return validate_settings(
@@ -116,6 +129,7 @@ async def _drive(
 ) -> list[EventTiming]:
     from pressured.controller import Controller
     from pressured.events import EventSource, PressureEvent
+    from pressured.scan.plan import plan_for
 
     timings: list[EventTiming] = []
     async with Controller(settings) as controller:
@@ -142,13 +156,18 @@ async def _drive(
         # The scope opens its skim files once its triggers are armed (pressured.scan.kept):
         # events are measured after that start-up step, as a running daemon meets them.
         warm_until = time.monotonic() + 30
+        plan = plan_for(link.policy for link in runner.chain.links)
+        files = len(plan.skim_files) if plan is not None else 1
+        # The fds its kept files will hold: one per process and file, within the fd budget.
+        wanted = 0.9 * min(processes * files, runner.kept_skims.max_fds)
         # The scope signals nothing when its warm-up ends: poll its fd count (harness only).
-        while runner.kept_skims.open_fds < processes * 0.9 and time.monotonic() < warm_until:  # noqa: ASYNC110
+        while runner.kept_skims.open_fds < wanted and time.monotonic() < warm_until:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         # Instance attributes shadow the methods: the scope calls our wrappers.
         setattr(runner, "take_snapshot", timed_snapshot)  # noqa: B010
         setattr(runner.chain, "decide", timed_decide)  # noqa: B010
         for index in range(events):
+            await asyncio.sleep(EVENT_GAP_S)  # not timed: events are timed from creation
             marks.clear()
             event = PressureEvent(scope=runner.name, level="some", source=EventSource.MANUAL)
             record = await runner.handle(event)
@@ -316,18 +335,21 @@ class Floors:
 
 def one_size(
     processes: int, config: Config, progress: Progress
-) -> tuple[list[EventTiming], list[float], int, dict[str, float], Floors]:
+) -> tuple[dict[str, list[EventTiming]], list[float], int, dict[str, float], Floors]:
     from pressured.loops import LOOP_FACTORIES
     from pressured.testing.scratch import ScratchGroup
 
     events = config.reaction_events
-    sleepers = processes - events - 1  # the spawner counts as one process in scope
+    chains = config.reaction_chains
+    sleepers = processes - events * len(chains) - 1  # the spawner counts as one in scope
     if sleepers < 0:
         raise ValueError(f"{processes} processes cannot hold {events} victims")
     name = f"pressured-bench-reaction-{uuid.uuid4().hex[:8]}"
     with ScratchGroup(None, name=name) as group:
         started = time.monotonic()
-        spawner = group.spawn([sys.executable, str(SLEEPERS), str(sleepers), str(events)])
+        spawner = group.spawn(
+            [sys.executable, str(SLEEPERS), str(sleepers), str(events * len(chains))]
+        )
         info = _read_ready(spawner.stdout, 120)
         in_scope = len(group.group.all_members())
         progress(
@@ -344,18 +366,24 @@ def one_size(
             c_floor[1] if c_floor else None,
             _kept_state_cost(members),
         )
-        settings = _settings(group.path, group.memcg_path)
-        with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
-            timings = runner.run(
-                _drive(
-                    settings,
-                    in_scope,
-                    events,
-                    set(info["victims"]),
-                    lambda message: progress("reaction", message),
+        by_chain: dict[str, list[EventTiming]] = {}
+        for chain in chains:
+            settings = _settings(group.path, group.memcg_path, chain)
+
+            def say(message: str, chain: str = chain) -> None:
+                progress("reaction", f"[{chain}] {message}")
+
+            with asyncio.Runner(loop_factory=LOOP_FACTORIES["uvloop"]) as runner:
+                by_chain[chain] = runner.run(
+                    _drive(
+                        settings,
+                        len(group.group.all_members()),
+                        events,
+                        set(info["victims"]),
+                        say,
+                    )
                 )
-            )
-    return timings, baseline, in_scope, costs, floors
+    return by_chain, baseline, in_scope, costs, floors
 
 
 # -- under real thrashing ----------------------------------------------------------------------
@@ -427,6 +455,29 @@ def thrash_runs(config: Config, progress: Progress) -> list[ThrashKill]:
     finally:
         Path(THRASH_FILE).unlink(missing_ok=True)
     return kills
+
+
+def _split_row(label: str, timings: list[EventTiming]) -> list[str]:
+    """One row of the per-stage table: median ms and share of the mean total per stage."""
+    mean_total = sum(t.event_to_signal_ms for t in timings) / len(timings)
+
+    def part(values: list[float]) -> str:
+        median = Summary.of(values).median
+        share = 100 * (sum(values) / len(values)) / mean_total if mean_total else 0.0
+        return f"{fmt_ms(median)} ({share:.0f} %)"
+
+    spans = []
+    for _name, start, end in STAGE_SPANS:
+        values = [v for t in timings if (v := _span(t.stages, start, end)) is not None]
+        spans.append(part(values) if values else "-")
+    return [
+        label,
+        f"{Summary.of([t.skimmed for t in timings]).median:,.0f} / "
+        f"{Summary.of([t.scanned for t in timings]).median:,.0f}",
+        *spans,
+        part([t.act_ms for t in timings]),
+        fmt_ms(mean_total),
+    ]
 
 
 def _span(stages: dict[str, float] | None, start: str, end: str) -> float | None:
@@ -510,15 +561,15 @@ def run(config: Config, progress: Progress) -> Section:
         main.notes.append(f"skipped: {reason}")
         _targets(section, {})
         return section
-    p99s: dict[int, float] = {}
+    p99s: dict[tuple[str, int], float] = {}
     curves: dict[str, list[tuple[float, float]]] = {}
     with open(os.devnull, "w", encoding="utf-8") as devnull, _logs_to(devnull):
         for processes in config.reaction_sizes:
-            timings, baseline, in_scope, costs, floors = one_size(processes, config, progress)
+            by_chain, baseline, in_scope, costs, floors = one_size(processes, config, progress)
             floors_by_size[in_scope] = floors
             section.raw[str(processes)] = {
                 "in_scope": in_scope,
-                "events": [asdict(t) for t in timings],
+                "events": {chain: [asdict(t) for t in ts] for chain, ts in by_chain.items()},
                 "baseline_scan_ms": baseline,
                 "file_us_per_process": costs,
                 "floor_python_ms": floors.python,
@@ -536,12 +587,6 @@ def run(config: Config, progress: Progress) -> Section:
                         f"{floors.state['rss_bytes'] / 2**20:.2f} MiB",
                     ]
                 )
-            curves.setdefault("pressured p50", []).append(
-                (in_scope, Summary.of([t.event_to_signal_ms for t in timings]).median)
-            )
-            curves.setdefault("pressured p99", []).append(
-                (in_scope, Summary.of([t.event_to_signal_ms for t in timings]).p99)
-            )
             curves.setdefault("scan_processes p50", []).append(
                 (in_scope, Summary.of(baseline).median)
             )
@@ -564,27 +609,40 @@ def run(config: Config, progress: Progress) -> Section:
                     f"{per_process:.1f}",
                 ]
             )
-            summaries[in_scope] = (
-                Summary.of([t.event_to_signal_ms for t in timings]),
-                Summary.of(baseline),
-                timings,
-            )
-            totals = Summary.of([t.event_to_signal_ms for t in timings])
             base = Summary.of(baseline)
-            p99s[processes] = totals.p99
-            main.rows.append(
-                [
-                    f"{in_scope:,}",
-                    str(totals.n),
-                    fmt_ms(totals.min),
-                    fmt_ms(totals.median),
-                    fmt_ms(totals.p99),
-                    fmt_ms(totals.max),
-                    fmt_ms(base.median),
-                    fmt_ms(base.p99),
-                    f"{totals.median / base.median:.2f}x" if base.median else "-",
-                ]
-            )
+            for chain, timings in by_chain.items():
+                label = (
+                    f"{in_scope:,}"
+                    if chain == "oom_score"
+                    else f"{in_scope:,} ({CHAIN_LABELS[chain]})"
+                )
+                totals = Summary.of([t.event_to_signal_ms for t in timings])
+                curves.setdefault(f"{chain} p50", []).append((in_scope, totals.median))
+                curves.setdefault(f"{chain} p99", []).append((in_scope, totals.p99))
+                if chain == config.reaction_chains[0]:
+                    summaries[in_scope] = (totals, base, timings)
+                p99s[(chain, processes)] = totals.p99
+                main.rows.append(
+                    [
+                        label,
+                        str(totals.n),
+                        fmt_ms(totals.min),
+                        fmt_ms(totals.median),
+                        fmt_ms(totals.p99),
+                        fmt_ms(totals.max),
+                        fmt_ms(base.median),
+                        fmt_ms(base.p99),
+                        f"{totals.median / base.median:.2f}x" if base.median else "-",
+                    ]
+                )
+                split.rows.append(_split_row(label, timings))
+                planted = sum(t.victim_was_planted for t in timings)
+                if planted != len(timings):
+                    main.notes.append(
+                        f"{in_scope:,} processes, {chain}: {len(timings) - planted} event(s) "
+                        "killed a sleeper instead of a planted victim"
+                    )
+            totals = summaries[in_scope][0]
             floor_rows = [
                 (f"floor: open+read+close of {FLOOR_FILE}, Python", floors.python),
                 (f"floor: open+read+close of {FLOOR_FILE}, C", floors.c_open),
@@ -606,33 +664,6 @@ def run(config: Config, progress: Progress) -> Section:
                         "-",
                         f"{totals.median / floor.median:.2f}x" if floor.median else "-",
                     ]
-                )
-            mean_total = sum(t.event_to_signal_ms for t in timings) / len(timings)
-
-            def part(values: list[float], total: float = mean_total) -> str:
-                median = Summary.of(values).median
-                share = 100 * (sum(values) / len(values)) / total if total else 0.0
-                return f"{fmt_ms(median)} ({share:.0f} %)"
-
-            spans = []
-            for _name, start, end in STAGE_SPANS:
-                values = [v for t in timings if (v := _span(t.stages, start, end)) is not None]
-                spans.append(part(values) if values else "-")
-            split.rows.append(
-                [
-                    f"{in_scope:,}",
-                    f"{Summary.of([t.skimmed for t in timings]).median:,.0f} / "
-                    f"{Summary.of([t.scanned for t in timings]).median:,.0f}",
-                    *spans,
-                    part([t.act_ms for t in timings]),
-                    fmt_ms(mean_total),
-                ]
-            )
-            planted = sum(t.victim_was_planted for t in timings)
-            if planted != len(timings):
-                main.notes.append(
-                    f"{in_scope:,} processes: {len(timings) - planted} event(s) killed a "
-                    "sleeper instead of a planted victim"
                 )
         kills = thrash_runs(config, progress)
     section.raw["thrash"] = [asdict(kill) for kill in kills]
@@ -677,8 +708,10 @@ def run(config: Config, progress: Progress) -> Section:
         )
     main.notes += [
         "In-process Controller on uvloop watching a scratch cgroup of `sleep` processes (plus "
-        "their spawner) with the `oom_score` policy; each event kills one planted victim "
-        "(oom_score_adj 1000). event -> signal = event_to_decision_ms + decision_to_signal_ms "
+        "their spawner), each in its own process group, with the `oom_score` policy, then "
+        "with the default chain (`culprit`, then `oom_score`); each event kills one planted "
+        "victim (the largest family, oom_score_adj 1000), events 0.25 s apart (untimed). "
+        "event -> signal = event_to_decision_ms + decision_to_signal_ms "
         "of the kill record. Logging is on (JSON to /dev/null), as in the daemon. Events "
         "start once the scope has opened its skim files (its start-up step after arming); "
         "the fresh-open floor rows show what a first scan without them pays.",
@@ -749,11 +782,50 @@ def reading(
     ]
 
 
-def _targets(section: Section, p99s: dict[int, float]) -> None:
-    for processes, limit in TARGETS_MS.items():
-        text = f"Reaction p99 <= {limit:g} ms with {processes:,} processes in scope"
-        if processes not in p99s:
-            section.targets.append(Target("reaction", text, "-", None))
-            continue
-        value = p99s[processes]
-        section.targets.append(Target("reaction", text, f"{fmt_ms(value)} ms", value <= limit))
+def _targets(section: Section, p99s: dict[tuple[str, int], float]) -> None:
+    for chain in CHAINS:
+        for processes, limit in TARGETS_MS.items():
+            text = (
+                f"Reaction p99 <= {limit:g} ms with {processes:,} processes in scope "
+                f"({CHAIN_LABELS[chain]})"
+            )
+            if (chain, processes) not in p99s:
+                section.targets.append(Target("reaction", text, "-", None))
+                continue
+            value = p99s[(chain, processes)]
+            section.targets.append(Target("reaction", text, f"{fmt_ms(value)} ms", value <= limit))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.reaction``: the event drive alone, at chosen sizes and chains
+    (no baselines, no thrash runs), printed with the machine's load."""
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reaction", description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--chains", nargs="+", choices=sorted(CHAINS), default=list(CHAINS))
+    parser.add_argument("--events", type=int, default=20)
+    args = parser.parse_args(argv)
+    config = dataclasses.replace(
+        Config(), reaction_events=args.events, reaction_chains=tuple(args.chains)
+    )
+    with open(os.devnull, "w", encoding="utf-8") as devnull, _logs_to(devnull):
+        for processes in args.sizes:
+            by_chain, _baseline, in_scope, _costs, _floors = one_size(processes, config, Progress())
+            with open("/proc/loadavg", encoding="ascii") as handle:
+                load = " ".join(handle.read().split()[:3])
+            for chain, timings in by_chain.items():
+                totals = Summary.of([t.event_to_signal_ms for t in timings])
+                read = Summary.of([t.scanned for t in timings]).median
+                print(
+                    f"{in_scope:>6,} processes  {CHAIN_LABELS[chain]:<34} p50 "
+                    f"{fmt_ms(totals.median):>8} ms  p99 {fmt_ms(totals.p99):>8} ms  max "
+                    f"{fmt_ms(totals.max):>8} ms  read in full {read:,.0f}  load {load}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

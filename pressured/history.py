@@ -13,6 +13,11 @@ again (one small read each, no mmap lock), so the policy sees what each process 
 process (``benchmarks/victims.py`` prints it); decisions later in the episode use the previous
 snapshot and pay nothing.
 
+A scan that reads ``/proc/PID/stat`` of every process for a family policy
+(:mod:`pressured.scan.families`) takes its rates itself, against the stat reading it keeps
+from the previous event (or a second reading of everyone when none is recent): such a
+snapshot (``rates_sampled``) is only remembered here.
+
 Runs on the I/O worker thread, like the scan.
 """
 
@@ -25,7 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord, parse_stat
+from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord, parse_stat, start_ticks_at
+from pressured.scan.kept import BORN_SINCE_MARGIN_NS
 from pressured.snapshot import ProcessSample, Snapshot
 
 Identity = tuple[int, int]
@@ -63,6 +69,24 @@ def read_sample(pid: int, proc_root: str = "/proc") -> tuple[int, ProcessSample]
         stat.rss_pages * PAGE_SIZE, stat.minflt, stat.majflt, time.monotonic_ns()
     )
     return stat.start_time, sample
+
+
+def with_newborns(
+    generation: Generation, candidates: tuple[ProcessRecord, ...]
+) -> Mapping[Identity, ProcessSample]:
+    """The generation's samples, plus one of no faults and present size for each candidate
+    born after it: all its faulting happened within the interval, and a process that started
+    thrashing after the last snapshot must not rank as "no earlier sample" (the fast path's
+    rule too: :func:`pressured.scan.families.newborn_sample`)."""
+    born_after = start_ticks_at(generation.taken_ns - BORN_SINCE_MARGIN_NS)
+    newborns = {
+        p.identity: ProcessSample(p.rss_bytes, 0, 0, generation.taken_ns)
+        for p in candidates
+        if p.identity not in generation.samples and p.start_time >= born_after
+    }
+    if not newborns:
+        return generation.samples
+    return MappingProxyType({**generation.samples, **newborns})
 
 
 class ProcessHistory:
@@ -107,8 +131,14 @@ class ProcessHistory:
         second sample when history has nothing usable for its candidates; then remember it."""
         generation = self.usable(snapshot.taken_monotonic_ns)
         candidates = snapshot.candidates
-        if generation is not None and any(p.identity in generation.samples for p in candidates):
-            completed = dataclasses.replace(snapshot, previous=generation.samples)
+        if snapshot.rates_sampled:
+            # The scan took rates for every process from its stat skim (a family policy's
+            # fast path): a second sample of the finalists alone would rank on other figures.
+            completed = snapshot
+        elif generation is not None and any(p.identity in generation.samples for p in candidates):
+            completed = dataclasses.replace(
+                snapshot, previous=with_newborns(generation, candidates)
+            )
         elif candidates and self.resample_s > 0:
             completed = self._resample(snapshot)
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,8 +19,12 @@ from pressured.events import PressureEvent
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout, MemoryFigures
 from pressured.kernel.procfs import ProcessRecord, ScanProblem
+
+# Re-exported under its old home: policies and plugins import it from here.
+from pressured.kernel.procfs import ProcessSample as ProcessSample  # noqa: PLC0414
 from pressured.kernel.psi import Pressure
 from pressured.oomd_marks import AVOID_XATTRS, OMIT_XATTRS, PREFER_XATTRS
+from pressured.protection import within
 from pressured.scan.cmdline import CmdlineReader, shared_reader
 from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import ScanPlan
@@ -92,16 +96,6 @@ class RecentKill:
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessSample:
-    """An earlier cheap reading of one process (keyed by its identity), for growth figures."""
-
-    rss_bytes: int
-    minflt: int
-    majflt: int
-    monotonic_ns: int
-
-
-@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a policy may look at. Frozen: policies cannot change what others see."""
 
@@ -134,6 +128,9 @@ class Snapshot:
     cgroups_read_ns: int = 0
     """Of ``scan_duration_ns``, the part spent before any process was read: meminfo, the
     member walk and the cgroup records (memory.stat and friends)."""
+    rates_sampled: bool = False
+    """True when the scan itself took :attr:`previous` (a stat skim against a kept or second
+    reading, for a family policy): history must neither replace it nor sample again."""
     protected: frozenset[int] = frozenset()
     """PIDs the guard will refuse (PID 1, us, kernel threads, adj -1000, configured
     protection). Left out of :attr:`candidates` so policies rank only what may die; the guard
@@ -277,6 +274,23 @@ def take_snapshot(
     def candidate(record: ProcessRecord) -> bool:
         return is_candidate(record, self_pid) and (protection is None or protection(record) is None)
 
+    def group_members(path: str) -> Iterator[int]:
+        """PIDs in cgroup ``path`` and below, for the victim's leaf group check (none for the
+        scope's own group, which family.expand never kills as a family)."""
+        if path == cgroup_path:
+            return
+        if members is not None:
+            yield from (pid for pid, where in members.items() if within(where, (path,)))
+        elif layout is not None:
+            try:
+                yield from Cgroup(layout, path).member_paths(errors=[])
+            except OSError:
+                return
+        else:
+            # No cgroup mount known: ask each process (one small lock-free read) until the
+            # caller has what it needs (it stops at the first outsider it can read).
+            yield from (pid for pid in pids if within(procfs.cgroup_of(pid, proc_root), (path,)))
+
     scan = scan_two_phase(
         proc_root,
         pids,
@@ -295,6 +309,9 @@ def take_snapshot(
         ),
         clock=clock,
         skim=fresh_skim if kept is None else kept.skim,
+        earlier=None if kept is None else kept.earlier_stat,
+        omitted=tuple(g.path for g in cgroups[1:] if g.omit),
+        group_members=group_members,
     )
     protected = frozenset(
         p.pid for p in scan.processes if protection is not None and protection(p) is not None
@@ -314,6 +331,9 @@ def take_snapshot(
         expected_processes=len(pids),
         skimmed=scan.skimmed,
         full_scan=plan is None,
+        previous=scan.previous,
+        rates_sampled=scan.sampled_ns is not None,
+        taken_monotonic_ns=scan.sampled_ns or time.monotonic_ns(),
         scan_started_monotonic_ns=started_mono,
         cgroups_read_ns=cgroups_read_ns,
     )

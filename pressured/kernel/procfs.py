@@ -12,13 +12,15 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from pressured.errors import ParseError
 
 PF_KTHREAD = 0x00200000
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEFAULT_CMDLINE_LIMIT = 4096
 _READ_CHUNK = 65536
 
@@ -88,6 +90,16 @@ class ProcessRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """An earlier cheap reading of one process (keyed by its identity), for growth figures."""
+
+    rss_bytes: int
+    minflt: int
+    majflt: int
+    monotonic_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class ScanProblem:
     pid: int
     problem: str
@@ -104,6 +116,11 @@ class ScanResult:
     duration_ns: int
     skimmed: int = 0
     """Processes whose one cheap number was read (two-phase scans; 0 for a plain scan)."""
+    previous: Mapping[tuple[int, int], ProcessSample] = field(default_factory=dict)
+    """Earlier samples of the records, where the scan itself took them (a stat skim)."""
+    sampled_ns: int | None = None
+    """When the records' rss and fault counts were read, where the scan took them from one
+    stat skim (the rates' "now"); None otherwise."""
 
 
 def _read(path: str, limit: int = _READ_CHUNK) -> bytes:
@@ -232,6 +249,14 @@ def format_cmdline(data: bytes, limit: int) -> tuple[str, bool]:
     return cleaned, truncated
 
 
+def cgroup_of(pid: int, proc_root: str = "/proc") -> str | None:
+    """The cgroup v2 path of a process, or None (no v2 line, or the process is gone)."""
+    try:
+        return parse_cgroup_v2(_read(f"{proc_root}/{pid}/cgroup"))
+    except OSError:
+        return None
+
+
 def _int_file(path: str, source: str) -> int:
     raw = _read(path, 64).strip()
     try:
@@ -314,7 +339,49 @@ def read_cmdline(
     return format_cmdline(_read(f"{proc_root}/{pid}/cmdline", limit + 2), limit)
 
 
-SKIM_FILES = {"statm": "resident pages (x page size)", "oom_score": "the kernel's badness"}
+SKIM_FILES = {
+    "statm": "resident pages (x page size)",
+    "oom_score": "the kernel's badness",
+    "stat": "state, family, faults, start time and resident pages (a StatLine per process)",
+}
+
+StatLine = tuple[str, int, int, int, int, int, int, int, int]
+"""What a ``stat`` skim keeps of ``/proc/PID/stat``, as a plain tuple (10,000 of them are made
+per scan; the native skim builds the same): indexed by the ``LINE_*`` constants below."""
+LINE_STATE: Final = 0
+LINE_PPID: Final = 1
+LINE_PGID: Final = 2
+LINE_SID: Final = 3
+LINE_FLAGS: Final = 4
+LINE_MINFLT: Final = 5
+LINE_MAJFLT: Final = 6
+LINE_START: Final = 7
+LINE_RSS_PAGES: Final = 8
+STAT_READ_LIMIT = 2048
+"""Bytes a stat skim reads: a stat line is at most about 1,100 (52 numbers, a 64-byte comm)."""
+
+
+def parse_stat_line(data: bytes) -> StatLine:
+    """The :data:`StatLine` of ``/proc/PID/stat`` (the reference for the native parser).
+    Raises :class:`ParseError` when it is malformed."""
+    close = data.rfind(b")")
+    words = data[close + 1 :].split() if close >= 0 else []
+    if len(words) <= _STAT_RSS:
+        raise ParseError("stat", f"malformed: {data[:40]!r}")
+    try:
+        return (
+            words[_STAT_STATE].decode("ascii", "replace")[:1],
+            int(words[_STAT_PPID]),
+            int(words[_STAT_PGRP]),
+            int(words[_STAT_SESSION]),
+            int(words[_STAT_FLAGS]),
+            int(words[_STAT_MINFLT]),
+            int(words[_STAT_MAJFLT]),
+            int(words[_STAT_STARTTIME]),
+            max(0, int(words[_STAT_RSS])),
+        )
+    except ValueError:
+        raise ParseError("stat", f"non-numeric field: {data[:40]!r}") from None
 
 
 def parse_skim(name: str, data: bytes) -> int:
@@ -337,6 +404,10 @@ class SkimResult:
     vanished: int
     complete: bool
     """False when the deadline cut the skim short (``values`` holds what was read)."""
+    lines: dict[int, StatLine] = field(default_factory=dict)
+    """A ``stat`` skim's whole :data:`StatLine` per process (``values`` holds resident bytes)."""
+    taken_ns: int = 0
+    """When the skim began (:func:`time.monotonic_ns`)."""
 
 
 SKIM_MINIMUM = 64
@@ -350,31 +421,49 @@ def skim_python(
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SkimResult:
-    """Read ``/proc/PID/<name>`` (``statm`` or ``oom_score``) for each PID: one open, one
-    read, one close each, the floor of any scan. Neither file takes the mmap_lock. The
-    ``deadline`` (on ``clock``) is checked every 64 processes, after the first 64."""
+    """Read ``/proc/PID/<name>`` (``statm``, ``oom_score`` or ``stat``) for each PID: one
+    open, one read, one close each, the floor of any scan. None of them takes the mmap_lock.
+    The ``deadline`` (on ``clock``) is checked every 64 processes, after the first 64."""
     if name not in SKIM_FILES:
         raise ValueError(f"cannot skim {name!r}: one of {sorted(SKIM_FILES)}")
+    taken_ns = time.monotonic_ns()
     values: dict[int, int] = {}
+    lines: dict[int, StatLine] = {}
     problems: list[ScanProblem] = []
     vanished = 0
+    is_stat = name == "stat"
+    limit = STAT_READ_LIMIT if is_stat else 128
     for index, pid in enumerate(pids):
         if deadline is not None and index and index % SKIM_MINIMUM == 0 and clock() > deadline:
-            return SkimResult(values, tuple(problems), vanished, complete=False)
+            return SkimResult(values, tuple(problems), vanished, False, lines, taken_ns)
         try:
             fd = os.open(f"{proc_root}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                data = os.read(fd, 128)
+                data = os.read(fd, limit)
             finally:
                 os.close(fd)
-            values[pid] = parse_skim(name, data)
+            if is_stat:
+                line = lines[pid] = parse_stat_line(data)
+                values[pid] = line[LINE_RSS_PAGES] * PAGE_SIZE
+            else:
+                values[pid] = parse_skim(name, data)
         except (OSError, ParseError) as exc:
             problem = read_failure(pid, exc)
             if problem is None:
                 vanished += 1
             else:
                 problems.append(problem)
-    return SkimResult(values, tuple(problems), vanished, complete=True)
+    return SkimResult(values, tuple(problems), vanished, True, lines, taken_ns)
+
+
+def start_ticks_at(monotonic_ns: int) -> int:
+    """The ``stat`` start time (clock ticks since boot) of a process started at
+    ``monotonic_ns``. A process with this start time or a later one, not seen by a reading
+    taken then, was born within the tick of the reading or after it: counted as born since
+    (it may have joined the scope a few ms before, which changes nothing that matters). The
+    start time counts from boot including suspend; the monotonic clock does not."""
+    offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+    return (monotonic_ns + offset) * CLOCK_TICKS // 1_000_000_000
 
 
 def read_failure(pid: int, exc: OSError | ParseError) -> ScanProblem | None:

@@ -3,8 +3,9 @@
 Candidates are grouped into **families**: a process with its descendants in the same process
 group (:mod:`pressured.family`), so a parent with eight forked workers is judged, and killed,
 as one. For each family, over the interval since the previous sample of its processes
-(:attr:`Snapshot.previous`, kept by :mod:`pressured.history`, or a 200 ms second sample at the
-start of an episode)::
+(:attr:`Snapshot.previous`: the scope's kept ``/proc/PID/stat`` reading from arm time or the
+previous event, 0.1 to 5 s old, or else a second reading 200 ms after the first; see
+:mod:`pressured.scan.families`)::
 
     faults  = (minor + major faults of its members) * page size / interval   # pages it touched
     growth  = (sum of members' RSS now - then) / interval                     # memory it took
@@ -17,6 +18,11 @@ least its growth). When no family demands that much (no history, or a slow leak)
 higher PID. ``oom_score_adj`` plays no part beyond -1000 (never), and neither do names: a
 process can raise its adj and choose its name; what it faults and grows it cannot hide.
 
+Everything the ranking needs but eligibility is in ``/proc/PID/stat``, which takes no mmap
+lock: :meth:`CulpritPolicy.scan_key` lets the scan read that one file for every process and
+full records only for the top families (:mod:`pressured.scan.families`), with the same victim
+as a full scan.
+
 Members whose cgroup is marked ``oomd_omit`` (systemd's ``ManagedOOMPreference=omit``) are
 never ranked. The ranking carries each family's figures (demand, faults, growth, majflt rate,
 size, members, and its child group's pressure where known), so the kill record shows why the
@@ -25,18 +31,20 @@ winner beat the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import Field
 
 from pressured.family import family_roots
+from pressured.history import MIN_INTERVAL_S, RESAMPLE_S, STALE_AFTER_S
 from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.policies.common import MIB, killable, mib, omitted_groups, ranking_of
 from pressured.policies.patterns import ProcessPattern, any_match
 from pressured.protection import within
+from pressured.scan.plan import FamilyKey, FamilyOrder, PolicyNeed
 from pressured.snapshot import ProcessSample, Snapshot
 
 
@@ -129,12 +137,62 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
     Options = CulpritOptions
     wants_history: ClassVar[bool] = True
 
+    def scan_key(self) -> PolicyNeed:
+        # Demand and size come from /proc/PID/stat alone: the scan bounds every family from
+        # one lock-free read per process and reads full records of the top families only.
+        return FamilyKey(
+            rank=self._rank_for_scan,
+            min_demand_bytes_per_s=self.options.min_demand_mib_per_s * MIB,
+            families=self.options.families,
+            resample_s=RESAMPLE_S,
+            min_interval_s=MIN_INTERVAL_S,
+            stale_after_s=STALE_AFTER_S,
+        )
+
+    def _rank_for_scan(
+        self,
+        candidates: Sequence[ProcessRecord],
+        previous: Mapping[tuple[int, int], ProcessSample],
+        now_ns: int,
+        omitted: tuple[str, ...],
+    ) -> list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]]:
+        figures = self.rank_records(candidates, previous, now_ns, omitted, {})
+        return [(self.order(f), f.members) for f in figures]
+
+    def order(self, f: FamilyFigures) -> FamilyOrder:
+        """Where a family ranks (higher first): the rate rule, demand, size, then the younger
+        root, then the higher PID."""
+        floor = self.options.min_demand_mib_per_s * MIB
+        culprit = int(f.interval_s is not None and f.demand_bytes_per_s >= floor)
+        demand = f.demand_bytes_per_s if culprit else 0.0
+        return (culprit, demand, f.size_bytes, f.root.start_time, f.root.pid)
+
     def rank(self, snapshot: Snapshot) -> list[FamilyFigures]:
         """Every family with its figures, best victim first."""
-        omitted = omitted_groups(snapshot)
+        pressure = {
+            g.path: g.pressure.some.avg10 for g in snapshot.cgroups[1:] if g.pressure is not None
+        }
+        return self.rank_records(
+            snapshot.candidates,
+            snapshot.previous,
+            snapshot.taken_monotonic_ns,
+            omitted_groups(snapshot),
+            pressure,
+        )
+
+    def rank_records(
+        self,
+        candidates: Sequence[ProcessRecord],
+        previous: Mapping[tuple[int, int], ProcessSample],
+        now_ns: int,
+        omitted: tuple[str, ...],
+        pressure: Mapping[str, float],
+    ) -> list[FamilyFigures]:
+        """The families of ``candidates`` with their figures, best victim first (the one
+        ranking of the policy and of its fast scan)."""
         eligible = [
             p
-            for p in snapshot.candidates
+            for p in candidates
             if killable(p)
             and not any_match(self.options.ignore, p)
             and within(p.cgroup, omitted) is None
@@ -143,14 +201,9 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             families = [(root, (root, *rest)) for root, rest in family_roots(eligible)]
         else:
             families = [(p, (p,)) for p in eligible]
-        pressure = {
-            g.path: g.pressure.some.avg10 for g in snapshot.cgroups[1:] if g.pressure is not None
-        }
         figures = []
         for root, members in families:
-            faults, growth, majflt, interval = measure(
-                members, snapshot.previous, snapshot.taken_monotonic_ns
-            )
+            faults, growth, majflt, interval = measure(members, previous, now_ns)
             group = next(
                 (avg for path, avg in pressure.items() if within(root.cgroup, (path,))), None
             )
@@ -166,14 +219,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
                     group_some_avg10=group,
                 )
             )
-        floor = self.options.min_demand_mib_per_s * MIB
-
-        def key(f: FamilyFigures) -> tuple[int, float, int, int, int]:
-            culprit = int(f.interval_s is not None and f.demand_bytes_per_s >= floor)
-            demand = f.demand_bytes_per_s if culprit else 0.0
-            return (culprit, demand, f.size_bytes, f.root.start_time, f.root.pid)
-
-        return sorted(figures, key=key, reverse=True)
+        return sorted(figures, key=self.order, reverse=True)
 
     async def __call__(self, snapshot: Snapshot) -> Decision:
         ranked = self.rank(snapshot)

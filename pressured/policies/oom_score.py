@@ -63,7 +63,13 @@ class OomScorePolicy(BasePolicy[OomScoreOptions]):
         # size alone bounds it only while no pattern can change the preference.
         if self.options.sort_by == "oom_score":
             slack = self.options.prefer_bonus if self.options.prefer else 0
-            return RankKey(Bound.OOM_SCORE, score=self.badness, slack=slack, eligible=self._ok)
+            return RankKey(
+                Bound.OOM_SCORE,
+                score=self.badness,
+                slack=slack,
+                eligible=self._ok,
+                order=self._key,
+            )
         if self.options.prefer or self.options.avoid:
             return None
         return RankKey(Bound.MEMORY, score=lambda p: p.memory_bytes, eligible=self._ok)

@@ -10,17 +10,23 @@ get, their victim is the one a full scan gives (ties at the top are all read, fo
 tie-breaks), and their ranking evidence carries the same scores (where several processes tie
 with its last entry, which of them it names may differ).
 
+A policy that ranks *families* on rates (``culprit``) returns a :class:`FamilyKey` instead:
+the scan reads ``/proc/PID/stat`` of every process (lock-free, kept open between events), which
+gives every family's members, faults, growth and size, bounds each family's ranking key from
+it, and reads full records (for protection and eligibility) family by family in descending
+bound order until ``top`` eligible families beat every bound left unread.
+
 A policy without ``scan_key`` (or returning None) gets a full scan: the safe default for
 plugins. ``NO_PROCESSES`` says a policy looks at cgroup records only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pressured.kernel.procfs import ProcessRecord
+from pressured.kernel.procfs import ProcessRecord, ProcessSample
 
 
 class Bound(StrEnum):
@@ -50,6 +56,41 @@ class RankKey:
     rule: not protected, not a kernel thread, not a zombie, not PID 1 or us)."""
     floor: int = 0
     """A score below this is never eligible (a size floor): bounds below it end the reading."""
+    order: Callable[[ProcessRecord], tuple[int, ...]] | None = None
+    """The policy's whole sort key (``score`` first, then its tie-breaks: memory, start time,
+    PID), for an ``OOM_SCORE`` key: where a stat skim is at hand (a chain with a family key),
+    processes tied on their bound are then told apart without reading them all."""
+
+
+FamilyOrder = tuple[int, float, int, int, int]
+"""A family's place in the ranking, higher first: (rate rule applies 0/1, demand in bytes per
+second (0 where the rule does not apply), size in bytes, root's start time, root's PID)."""
+
+FamilyRanking = Callable[
+    [Sequence[ProcessRecord], Mapping[tuple[int, int], ProcessSample], int, tuple[str, ...]],
+    list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]],
+]
+"""The policy's own ranking of families: (candidate records, earlier samples by identity, now
+in monotonic ns, cgroup paths never to choose) -> (order, members) best first."""
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyKey:
+    """A ranking of families by demand (faults or growth per second) over size, as
+    :mod:`pressured.policies.culprit` ranks: everything it needs but eligibility is in
+    ``/proc/PID/stat``, so one lock-free read per process bounds every family."""
+
+    rank: FamilyRanking
+    min_demand_bytes_per_s: float
+    """Below this demand a family ranks by size (the order's first element is 0)."""
+    families: bool = True
+    """False: every process is its own family."""
+    resample_s: float = 0.2
+    """With no usable earlier stat reading, read everyone's stat again after this long."""
+    min_interval_s: float = 0.1
+    """An earlier reading younger than this gives rates too noisy to rank on."""
+    stale_after_s: float = 5.0
+    """An earlier reading older than this averages too much quiet time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +100,7 @@ class _NoProcesses:
 
 NO_PROCESSES = _NoProcesses()
 
-PolicyNeed = RankKey | _NoProcesses | None
+PolicyNeed = RankKey | FamilyKey | _NoProcesses | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +109,22 @@ class ScanPlan:
 
     keys: tuple[RankKey, ...]
     top: int = 5
-    """How many eligible records each key needs in hand (the length of ranking evidence)."""
+    """How many eligible records (families) each key needs in hand (the length of ranking
+    evidence)."""
+    family_keys: tuple[FamilyKey, ...] = ()
 
     @property
     def reads_processes(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys or self.family_keys)
 
     @property
     def skim_files(self) -> tuple[str, ...]:
-        """The procfs files the first phase reads for every process."""
+        """The procfs files the first phase reads for every process: ``stat`` first where a
+        family key needs it (the file every event reads for everyone, so the one to keep
+        open first when the fd budget cannot hold them all, :mod:`pressured.scan.kept`)."""
         files = {Bound.OOM_SCORE: "oom_score", Bound.MEMORY: "statm"}
-        return tuple(sorted({files[k.bound] for k in self.keys if k.bound in files}))
+        names = sorted({files[k.bound] for k in self.keys if k.bound in files})
+        return ("stat", *names) if self.family_keys else tuple(names)
 
 
 def need_of(policy: object) -> PolicyNeed:
@@ -90,16 +136,19 @@ def need_of(policy: object) -> PolicyNeed:
         need = method()
     except Exception:  # a plugin's bug must not stop the scan: it gets a full scan instead
         return None
-    return need if isinstance(need, RankKey | _NoProcesses) else None
+    return need if isinstance(need, RankKey | FamilyKey | _NoProcesses) else None
 
 
 def plan_for(policies: Iterable[object], top: int = 5) -> ScanPlan | None:
     """The plan that serves every policy of a chain, or None when one needs a full scan."""
     keys: list[RankKey] = []
+    family_keys: list[FamilyKey] = []
     for policy in policies:
         need = need_of(policy)
         if need is None:
             return None
         if isinstance(need, RankKey):
             keys.append(need)
-    return ScanPlan(tuple(keys), top)
+        elif isinstance(need, FamilyKey):
+            family_keys.append(need)
+    return ScanPlan(tuple(keys), top, tuple(family_keys))

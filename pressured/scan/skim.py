@@ -25,12 +25,20 @@ except ImportError:  # no compiler at install time, or PRESSURED_NO_NATIVE: pure
 
 NATIVE_AVAILABLE = _skim is not None and os.environ.get("PRESSURED_NO_NATIVE") != "1"
 
-_WHICH = {"statm": 0, "oom_score": 1}
+_WHICH = {"statm": 0, "oom_score": 1, "stat": 2}
 
 
 def native_module() -> Any:
     """The native extension module, or None where it is not built."""
     return _skim
+
+
+def native_reads(name: str) -> bool:
+    """Whether the native extension (where available and not disabled) can skim ``name``: an
+    extension built before the ``stat`` skim existed cannot, and must not be asked to."""
+    if not NATIVE_AVAILABLE or _skim is None:
+        return False
+    return name != "stat" or hasattr(_skim, "family_bounds")
 
 
 def skim_native(
@@ -42,6 +50,7 @@ def skim_native(
     if name not in _WHICH:
         raise ValueError(f"cannot skim {name!r}: one of {sorted(_WHICH)}")
     deadline_ns = -1 if deadline is None else max(0, int(deadline * 1e9))
+    taken_ns = time.monotonic_ns()
     values, failed, vanished, complete = _skim.skim(
         proc_root, list(pids), _WHICH[name], procfs.PAGE_SIZE, deadline_ns
     )
@@ -49,7 +58,16 @@ def skim_native(
         ScanProblem(pid, f"{os.strerror(err) if err else 'malformed'}: {proc_root}/{pid}/{name}")
         for pid, err in failed
     )
-    return SkimResult(dict(values), problems, vanished, bool(complete))
+    if name == "stat":
+        lines = dict(values)
+        return SkimResult(stat_sizes(lines), problems, vanished, bool(complete), lines, taken_ns)
+    return SkimResult(dict(values), problems, vanished, bool(complete), taken_ns=taken_ns)
+
+
+def stat_sizes(lines: dict[int, procfs.StatLine]) -> dict[int, int]:
+    """Resident bytes by PID from a stat skim's lines (a stat skim's ``values``)."""
+    page = procfs.PAGE_SIZE
+    return {pid: line[procfs.LINE_RSS_PAGES] * page for pid, line in lines.items()}
 
 
 def skim(
@@ -61,6 +79,6 @@ def skim(
 ) -> SkimResult:
     """The native skim where built (and not disabled), else the pure-Python one. A test's
     own ``clock`` (anything but :func:`time.monotonic`) takes the Python path, which uses it."""
-    if NATIVE_AVAILABLE and clock is time.monotonic:
+    if native_reads(name) and clock is time.monotonic:
         return skim_native(proc_root, pids, name, deadline)
     return procfs.skim_python(proc_root, pids, name, deadline, clock)

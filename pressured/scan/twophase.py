@@ -9,22 +9,37 @@ eligible records score above every bound still unread (see :mod:`pressured.scan.
 
 Reading in bound order is also what makes a short scan useful: when the deadline cuts it,
 what was read is the top of the ranking, not the first PIDs of a directory listing.
+
+A plan with a :class:`~pressured.scan.plan.FamilyKey` skims ``stat`` and runs the family phase
+(:mod:`pressured.scan.families`) first; every record then carries that skim's figures, and the
+result carries the earlier samples its rates were taken against.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 from pressured.errors import ParseError
 from pressured.kernel import procfs
 from pressured.kernel.procfs import ProcessRecord, ScanProblem, ScanResult, SkimResult
 from pressured.scan.cmdline import CmdlineReader
-from pressured.scan.plan import Bound, RankKey, ScanPlan
+from pressured.scan.families import (
+    as_of_skim,
+    read_families,
+    read_leaf_witness,
+    samples_of,
+)
+from pressured.scan.kept import StatGeneration
+from pressured.scan.plan import Bound, FamilyKey, RankKey, ScanPlan
 from pressured.scan.skim import SkimFn
 from pressured.scan.skim import skim as default_skim
+
+EarlierFn = Callable[[int, int, int], "StatGeneration | None"]
+"""(now ns, min age ns, max age ns) -> the newest kept stat reading of that age, or None."""
 
 _SKIM_FILE = {Bound.OOM_SCORE: "oom_score", Bound.MEMORY: "statm"}
 _INFINITY = float("inf")
@@ -83,24 +98,54 @@ class _Reader:
         return record
 
 
+Order = tuple[float, ...]
+"""A bound or a score as a tuple: the policy's first criterion, then (where the key gives its
+whole sort key) the tie-breaks."""
+
+
 def _descending(
-    key: RankKey, skims: Mapping[str, SkimResult], pids: Sequence[int], swap_in_use: int
-) -> Iterator[tuple[float, int]]:
-    """(bound, pid) from the highest bound down (equal bounds in no particular order)."""
+    key: RankKey,
+    skims: Mapping[str, SkimResult],
+    pids: Sequence[int],
+    swap_in_use: int,
+    lines: Mapping[int, procfs.StatLine],
+) -> Iterator[tuple[Order, int]]:
+    """(bound, pid) from the highest bound down. Equal first bounds come in no particular
+    order, unless the key gives its whole sort key (``RankKey.order``) and a stat skim is at
+    hand: then ties are ordered by a bound on the tie-breaks too (resident + swap in use,
+    start time, PID), so a thousand processes of one oom_score are not all read."""
     if key.bound is Bound.SWAP:
         bound = float(swap_in_use + key.slack)
-        yield from ((bound, pid) for pid in pids)
+        yield from (((bound,), pid) for pid in pids)
         return
     skimmed = skims[_SKIM_FILE[key.bound]]
     # A process whose cheap file was malformed cannot be bounded: read it early rather
     # than leave a possible winner out.
-    yield from ((_INFINITY, p.pid) for p in skimmed.problems if p.pid)
+    yield from (((_INFINITY,), p.pid) for p in skimmed.problems if p.pid)
     extra = float(key.slack + (swap_in_use if key.bound is Bound.MEMORY else 0))
     values = skimmed.values
     # The same constant is added to every value, so the values' order is the bounds'; a
     # sort keyed by a C method is the cheapest way to it (about 1 ms for 10,000 here).
-    for pid in sorted(values, key=values.__getitem__, reverse=True):
-        yield values[pid] + extra, pid
+    ranked = sorted(values, key=values.__getitem__, reverse=True)
+    if key.order is None or key.bound is not Bound.OOM_SCORE or not lines:
+        yield from (((values[pid] + extra,), pid) for pid in ranked)
+        return
+    for value, tied in itertools.groupby(ranked, key=values.__getitem__):
+        bounds = [((value + extra, *_tie_bound(pid, lines, swap_in_use)), pid) for pid in tied]
+        bounds.sort(reverse=True)
+        yield from bounds
+
+
+def _tie_bound(
+    pid: int, lines: Mapping[int, procfs.StatLine], swap_in_use: int
+) -> tuple[float, float, float]:
+    """What (memory, start time, PID) of a process cannot exceed, from its stat line (the
+    record's resident size is the line's: :func:`~pressured.scan.families.as_of_skim`)."""
+    line = lines.get(pid)
+    if line is None:
+        return (_INFINITY, _INFINITY, _INFINITY)
+    memory = line[procfs.LINE_RSS_PAGES] * procfs.PAGE_SIZE + swap_in_use
+    return (memory, line[procfs.LINE_START], pid)
 
 
 def scan_two_phase(
@@ -116,14 +161,50 @@ def scan_two_phase(
     cmdlines: CmdlineReader | None = None,
     skim: SkimFn = default_skim,
     clock: Callable[[], float] = time.monotonic,
+    earlier: EarlierFn | None = None,
+    omitted: tuple[str, ...] = (),
+    group_members: Callable[[str], Iterable[int]] | None = None,
 ) -> ScanResult:
     """Read what ``plan`` needs of ``pids`` (every full record, largest first, when ``plan``
     is None). ``candidate`` is the snapshot's own rule (not protected, not a kernel thread, a
-    zombie, PID 1 or us). Never raises for a process or a file."""
+    zombie, PID 1 or us). Never raises for a process or a file.
+
+    For a family key: ``earlier`` finds a kept stat reading to take rates against,
+    ``omitted`` are the cgroups no policy chooses from, and ``group_members`` lists the PIDs
+    of a cgroup (its subtree), to read one outsider of the victim's leaf group."""
     started = time.perf_counter_ns()
     reader = _Reader(proc_root, cgroups, cmdline_limit, cmdlines, deadline)
     problems: list[ScanProblem] = []
     complete = True
+    lines: Mapping[int, procfs.StatLine] = {}
+    sampled_ns: int | None = None
+    then: StatGeneration | None = None
+    if plan is not None and plan.family_keys:
+        stat, then = _stat_with_earlier(
+            plan.family_keys[0],
+            proc_root,
+            pids,
+            deadline=deadline,
+            clock=clock,
+            skim=skim,
+            earlier=earlier,
+        )
+        problems.extend(stat.problems)
+        reader.vanished += stat.vanished
+        lines, sampled_ns = stat.lines, stat.taken_ns
+        # Even a skim the deadline cut short is ranked: its families are the likely answer.
+        families_read = _family_phases(
+            plan,
+            reader,
+            stat,
+            then,
+            candidate=candidate,
+            swap_in_use=swap_in_use,
+            omitted=omitted,
+            clock=clock,
+            group_members=group_members,
+        )
+        complete = stat.complete and families_read
     keys: tuple[RankKey, ...]
     if plan is None:
         # Everything, but largest first, so a deadline leaves the records that matter.
@@ -140,33 +221,11 @@ def scan_two_phase(
         complete = complete and result.complete
     skimmed = max((len(result.values) for result in skims.values()), default=0)
     for key in keys:
-        order = _descending(key, skims, pids, swap_in_use)
-        best: list[int] = []  # min-heap of the top eligible scores so far
-        highest: float = -_INFINITY
-        for position, (bound, pid) in enumerate(order):
-            if bound < key.floor:
-                break  # nothing unread can even be eligible
-            # Read on while something unread may still be the victim (ties at the top
-            # included: the policy's tie-breaks need their records) or may outscore the
-            # ranking's last entry. Ties with that last entry are not read: the evidence's
-            # scores are exact, which of several equal processes it names may differ.
-            victim_open = not best or bound >= highest
-            ranking_open = len(best) < top or bound > best[0]
-            if not victim_open and not ranking_open:
-                break
-            # Past the deadline, stop, but only after the first record: a late scan still
-            # hands the policy its most likely answer.
-            if position and deadline is not None and clock() > deadline:
-                complete = False
-                break
-            record = reader.get(pid)
-            if record is None or not candidate(record) or not key.eligible(record):
-                continue
-            score = key.score(record)
-            highest = max(highest, score)
-            heapq.heappush(best, score)
-            if len(best) > top:
-                heapq.heappop(best)
+        order = _descending(key, skims, pids, swap_in_use, lines)
+        read_all = _read_key(
+            key, order, reader, candidate=candidate, top=top, clock=clock, lines=lines
+        )
+        complete = read_all and complete
     if plan is None and complete:
         # A full scan reads every process. One whose cheap file could not be read (gone, or a
         # /proc without that file) still gets its full read: that read says what is wrong.
@@ -180,11 +239,123 @@ def scan_two_phase(
         read_after_all = len(tail) - (reader.vanished - counted)
         reader.vanished = max(0, counted - read_after_all)
     problems.extend(reader.problems)
+    processes = tuple(r for r in reader.records.values() if r is not None)
+    if lines:
+        processes = tuple(as_of_skim(record, lines.get(record.pid)) for record in processes)
+        skimmed = max(skimmed, len(lines))
     return ScanResult(
-        processes=tuple(r for r in reader.records.values() if r is not None),
+        processes=processes,
         problems=tuple(problems),
         vanished=reader.vanished,
         complete=complete,
         duration_ns=time.perf_counter_ns() - started,
         skimmed=skimmed,
+        previous=samples_of(then, processes),
+        sampled_ns=sampled_ns,
     )
+
+
+def _read_key(
+    key: RankKey,
+    order: Iterator[tuple[Order, int]],
+    reader: _Reader,
+    *,
+    candidate: Callable[[ProcessRecord], bool],
+    top: float,
+    clock: Callable[[], float],
+    lines: Mapping[int, procfs.StatLine],
+) -> bool:
+    """Full records in ``order`` until the key's top is certain; False when the deadline
+    cut it short."""
+    best: list[Order] = []  # min-heap of the top eligible scores so far
+    highest: Order = (-_INFINITY,)
+    deadline = reader.deadline
+    whole = key.order is not None and key.bound is Bound.OOM_SCORE and bool(lines)
+    for position, (bound, pid) in enumerate(order):
+        if bound[0] < key.floor:
+            break  # nothing unread can even be eligible
+        # Read on while something unread may still be the victim (ties at the top
+        # included: the policy's tie-breaks need their records) or may outscore the
+        # ranking's last entry. Ties with that last entry are not read: the evidence's
+        # scores are exact, which of several equal processes it names may differ.
+        victim_open = not best or bound >= highest
+        ranking_open = len(best) < top or bound > best[0]
+        if not victim_open and not ranking_open:
+            break
+        # Past the deadline, stop, but only after the first record: a late scan still
+        # hands the policy its most likely answer.
+        if position and deadline is not None and clock() > deadline:
+            return False
+        record = reader.get(pid)
+        if record is None or not candidate(record) or not key.eligible(record):
+            continue
+        if whole and key.order is not None:
+            score: Order = key.order(as_of_skim(record, lines.get(pid)))
+        else:
+            score = (key.score(record),)
+        highest = max(highest, score)
+        heapq.heappush(best, score)
+        if len(best) > top:
+            heapq.heappop(best)
+    return True
+
+
+def _family_phases(
+    plan: ScanPlan,
+    reader: _Reader,
+    stat: SkimResult,
+    then: StatGeneration | None,
+    *,
+    candidate: Callable[[ProcessRecord], bool],
+    swap_in_use: int,
+    omitted: tuple[str, ...],
+    clock: Callable[[], float],
+    group_members: Callable[[str], Iterable[int]] | None,
+) -> bool:
+    """Each family key's phase, then one outsider of its victim's leaf cgroup; whether they
+    all finished before the deadline."""
+    complete = True
+    for family_key in plan.family_keys:
+        phase = read_families(
+            family_key,
+            stat.lines,
+            then,
+            stat.taken_ns,
+            read=reader.get,
+            candidate=candidate,
+            top=plan.top,
+            swap_in_use=swap_in_use,
+            omitted=omitted,
+            deadline=reader.deadline,
+            clock=clock,
+        )
+        complete = complete and phase.complete
+        if phase.victim_root is not None and group_members is not None:
+            read_leaf_witness(
+                phase.victim_root, group_members, reader.get, reader.records.__contains__
+            )
+    return complete
+
+
+def _stat_with_earlier(
+    key: FamilyKey,
+    proc_root: str,
+    pids: Sequence[int],
+    *,
+    deadline: float | None,
+    clock: Callable[[], float],
+    skim: SkimFn,
+    earlier: EarlierFn | None,
+) -> tuple[SkimResult, StatGeneration | None]:
+    """Everyone's stat now, and the earlier reading to take rates against: a kept one of
+    the right age, or (failing that) this one, with the stat read again ``resample_s`` later
+    as "now" (the first event of an episode pays that wait only when nothing recent is kept)."""
+    stat = skim(proc_root, pids, "stat", deadline, clock)
+    min_age = int(key.min_interval_s * 1e9)
+    max_age = int(key.stale_after_s * 1e9)
+    then = earlier(stat.taken_ns, min_age, max_age) if earlier is not None else None
+    if then is not None or key.resample_s <= 0 or not stat.lines:
+        return stat, then
+    time.sleep(key.resample_s)
+    again = skim(proc_root, pids, "stat", deadline, clock)
+    return again, StatGeneration(stat.taken_ns, stat.lines)
