@@ -25,6 +25,7 @@ import select
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -45,9 +46,11 @@ from pressured.kernel import pidfd as pidfd_mod
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup, CgroupLayout
 from pressured.kernel.pidfd import MreleaseResult
+from pressured.kernel.procfs import start_ticks_at
 from pressured.policies.base import Decision, Victim
 from pressured.reaper import Reaper, ReaperBusy, ReapOutcome
 from pressured.snapshot import Snapshot
+from pressured.stragglers import Protection, find_stragglers
 
 __all__ = ["Actuator", "PreKillHook", "elapsed_ms", "identity_matches", "wait_exited"]
 
@@ -64,6 +67,8 @@ group, and the few largest hold most of the memory worth reaping at once."""
 
 FAMILY_BATCH = 64
 """A process victim's family is signalled in batches of this many pidfds at most."""
+STRAGGLER_ROUNDS = 2
+"""Sweeps for children forked after the snapshot (each kills what it finds)."""
 
 EXIT_SETTLE_S = 0.5
 """After SIGKILL and mrelease, how long the scope waits for the exit before it moves on and
@@ -110,8 +115,15 @@ class Actuator:
         proc_root: str = "/proc",
         pre_kill: PreKillHook | None = None,
         deaths: DeathWatch | None = None,
+        io: Executor | None = None,
+        protection: Protection | None = None,
     ) -> None:
         self.pre_kill = pre_kill
+        self.protection = protection
+        """The guard's process protection, for stragglers (the family itself was checked)."""
+        self.io = io
+        """Where the straggler sweep after a family kill reads /proc (None: the loop's default
+        executor)."""
         self.reaper = reaper
         self.settings = settings
         self.layout = layout
@@ -439,7 +451,62 @@ class Actuator:
             first = False
         if first:  # no family member left to open: the victim alone
             done.main = await self._reap(lambda: self.reaper.kill(victim.pid or 0, fd))
+        if done.main is not None and done.main.signalled:
+            await self._kill_stragglers(victim, snapshot, done)
         return done
+
+    async def _kill_stragglers(self, victim: Victim, snapshot: Snapshot, done: _FamilyKill) -> None:
+        """Kill the children the family forked after the snapshot listed it
+        (pressured/stragglers.py); a second round catches those forked by the first round's
+        parents before their SIGKILL landed."""
+        root = snapshot.process(victim.pid or 0)
+        if root is None or not root.pgid:
+            return
+        born_since = start_ticks_at(
+            snapshot.scan_started_monotonic_ns or snapshot.taken_monotonic_ns
+        )
+        known = {victim.pid or 0, *(pid for pid, _ in victim.family)}
+        loop = asyncio.get_running_loop()
+        for _round in range(STRAGGLER_ROUNDS):
+            late = await loop.run_in_executor(
+                self.io,
+                partial(
+                    find_stragglers,
+                    root.pgid,
+                    root.sid,
+                    born_since,
+                    known,
+                    proc_root=self.proc_root,
+                    protection=self.protection,
+                ),
+            )
+            if not late:
+                return
+            known.update(pid for pid, _ in late)
+            signalled = 0
+            for batch in _chunks(late, FAMILY_BATCH):
+                opened = [
+                    (pid, member_fd)
+                    for pid, start_time in batch
+                    if (member_fd := self._open_checked(pid, start_time)) is not None
+                ]
+                try:
+                    outcomes = await self._reap(partial(self.reaper.kill_all, opened))
+                finally:
+                    for _, member_fd in opened:
+                        pidfd_mod.close_quietly(member_fd)
+                for outcome in outcomes or ():
+                    if outcome.signalled:
+                        done.signalled.append(outcome.pid)
+                        signalled += 1
+            log.info(
+                "victim.stragglers",
+                pid=victim.pid,
+                pgid=root.pgid,
+                found=len(late),
+                signalled=signalled,
+                detail="born after the snapshot listed the family",
+            )
 
     def _open_checked(self, pid: int, start_time: int | None) -> int | None:
         """A pidfd for ``pid`` if it is still the process that started at ``start_time``."""

@@ -147,6 +147,8 @@ class Controller:
             proc_root=settings.daemon.proc_root,
             pre_kill=self._pre_kill,
             deaths=self.deaths,
+            io=self._io,
+            protection=guard.process_protection,
         )
         runners = []
         for index, scope in enumerate(settings.scopes):

@@ -27,6 +27,7 @@ from pressured.policies.base import Decision, Victim
 from pressured.reaper import Reaper
 from pressured.selfprotect import raise_fd_limit
 from pressured.snapshot import CgroupRecord, Snapshot
+from pressured.stragglers import find_stragglers
 from pressured.testing.scratch import (
     FORK_SLEEPERS,
     ScratchGroup,
@@ -429,3 +430,79 @@ def test_kernel_fact_a_v2_frozen_task_still_dies_on_sigkill(scratch: ScratchGrou
         os.close(fd)
         group.thaw()
     assert proc.wait(10) == -signal.SIGKILL
+
+
+KEEPS_FORKING = """
+import os, signal, sys, time
+os.setpgid(0, 0)
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    if os.fork() == 0:
+        while True:
+            signal.pause()
+    time.sleep(0.02)
+"""
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            found.append(int(name))
+    return found
+
+
+def test_children_forked_after_the_snapshot_die_with_the_family(
+    run_async: RunAsync, reaper: Reaper, scratch: ScratchGroup
+) -> None:
+    """A parent still forking when it is chosen: the children it made between the snapshot
+    and the SIGKILL are of the family too, and die in the same kill (before, each needed a
+    kill of its own: a faster decision made the forking-hog scenario take two kills)."""
+    parent = scratch.spawn([sys.executable, "-c", KEEPS_FORKING])
+    wait_for_ready(parent, 60)
+    time.sleep(0.2)
+    snap = snapshot_of(parent.pid, *children_of(parent.pid))
+    by_pid = {record.pid: record for record in snap.processes}
+    family = tuple((r.pid, r.start_time) for r in snap.processes if r.pid != parent.pid)
+    assert family, "the parent had forked no child yet"
+    victim = dataclasses.replace(Victim.process(by_pid[parent.pid], "test"), family=family)
+    time.sleep(0.3)  # about 15 more children, none in the snapshot
+    record = execute(run_async, actuator_for(reaper, scratch), victim, snap)
+    assert record.result is KillResult.KILLED
+    assert parent.wait(10) == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while process_group_members(parent.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_group_members(parent.pid) == []
+    assert int(record.figures["family_members"]) > len(family)
+
+
+def actuator_for(reaper: Reaper, scratch: ScratchGroup) -> Actuator:
+    return Actuator(reaper, KillSettings(), layout=scratch.layout)
+
+
+def test_stragglers_are_found_by_process_group_and_birth_and_protection_still_holds(
+    scratch: ScratchGroup,
+) -> None:
+    """The sweep finds the forking parent's children born since a given moment, and none
+    that the guard's protection names (a straggler is checked like any victim)."""
+    parent = scratch.spawn([sys.executable, "-c", KEEPS_FORKING])
+    wait_for_ready(parent, 60)
+    since = procfs.start_ticks_at(time.monotonic_ns())
+    time.sleep(0.3)
+    own = os.getpgid(parent.pid)
+    sid = os.getsid(parent.pid)
+    found = find_stragglers(own, sid, since, {parent.pid})
+    assert found and all(os.getpgid(pid) == own for pid, _ in found)
+    assert find_stragglers(own, sid, since, {parent.pid}, protection=lambda _r: "protected") == []
+    later = procfs.start_ticks_at(time.monotonic_ns() + 10**9)
+    assert find_stragglers(own, sid, later, {parent.pid}) == []
