@@ -245,7 +245,7 @@ def scan_two_phase(
         skimmed = max(skimmed, len(lines))
     return ScanResult(
         processes=processes,
-        problems=tuple(problems),
+        problems=tuple(_one_per_process(problems)),
         vanished=reader.vanished,
         complete=complete,
         duration_ns=time.perf_counter_ns() - started,
@@ -359,3 +359,16 @@ def _stat_with_earlier(
     time.sleep(key.resample_s)
     again = skim(proc_root, pids, "stat", deadline, clock)
     return again, StatGeneration(stat.taken_ns, stat.lines)
+
+
+def _one_per_process(problems: Iterable[ScanProblem]) -> Iterator[ScanProblem]:
+    """The first problem of each process (its stat skim and its full read may both trip on
+    the same broken file: one log line each, as the scan's contract says); problems of no
+    process (cgroup errors) all stay."""
+    seen: set[int] = set()
+    for problem in problems:
+        if problem.pid:
+            if problem.pid in seen:
+                continue
+            seen.add(problem.pid)
+        yield problem
