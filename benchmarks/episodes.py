@@ -394,8 +394,17 @@ def one_episode(
                         (hit - onset) / 1e6 if hit is not None else None
                     )
         if mode == "daemon" and daemon is not None and thrasher is not None:
-            pid = thrasher.pid
-            line = daemon.wait_for("victim.killed", 5.0, where=lambda ln: ln.get("pid") == pid)
+            pid, own_group = thrasher.pid, child.path
+            # The daemon kills the thrasher alone, or (its leaf group holding just it, #12's
+            # family rule) by cgroup.kill of that group: a record without a pid.
+            line = daemon.wait_for(
+                "victim.killed",
+                5.0,
+                where=lambda ln: (
+                    ln.get("pid") == pid
+                    or (ln.get("kind") == "cgroup" and ln.get("cgroup") == own_group)
+                ),
+            )
             if line is not None:
                 episode.killed_by_daemon = True
                 episode.event_to_decision_ms = line.get("event_to_decision_ms")

@@ -90,3 +90,14 @@ def test_markdown_shows_command_machine_and_every_table(
         for table in section["tables"]:
             assert f"### {table['title']}" in markdown
             assert table["title"] in stdout
+
+
+def test_the_real_episode_is_measured_not_discarded(
+    smoke_run: tuple[dict[str, Any], str, str],
+) -> None:
+    """The end-to-end episode ends in a kill by the daemon the harness recognises: since the
+    family rule, a thrasher alone in its group dies by cgroup.kill (a record without a pid),
+    and the harness discarded every episode as "killed by another hand" (0/0 measured)."""
+    result, _markdown, _stdout = smoke_run
+    (target,) = [t for t in result["targets"] if t["section"] == "episodes"]
+    assert target["verdict"] != "not measured", target
