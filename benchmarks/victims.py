@@ -56,8 +56,12 @@ class Outcome:
     decision_ms: list[float] = field(default_factory=list)
     """event -> decision of each kill (the first includes the culprit's 200 ms resample)."""
     note: str = ""
+    skipped: bool = False
+    """Not run at all (``note`` says why): neither right nor wrong."""
 
     def cell(self) -> str:
+        if self.skipped:
+            return f"not run [{self.note}]"
         verdict = "right" if self.right else "WRONG"
         kills = f"{self.kills} kill{'s' if self.kills != 1 else ''}"
         if self.bystanders_killed:
@@ -200,7 +204,17 @@ def run(
             for policy in policies:
                 if policy == "swap_usage" and not has_swap:
                     outcomes.append(
-                        Outcome(name, policy, False, 0, 0, None, None, note="no swap on host")
+                        Outcome(
+                            name,
+                            policy,
+                            False,
+                            0,
+                            0,
+                            None,
+                            None,
+                            note="no swap on host",
+                            skipped=True,
+                        )
                     )
                     continue
                 drop_caches()
