@@ -36,13 +36,15 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from pressured.errors import ParseError
 from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import Cgroup
 from pressured.kernel.procfs import ScanProblem, SkimResult, StatLine
 from pressured.scan import skim as skim_module
+
+_V = TypeVar("_V")
 
 _WHICH = {"statm": 0, "oom_score": 1, "stat": 2}
 GENERATIONS = 2
@@ -227,40 +229,50 @@ class KeptSkim:
             )
             return values, failed, bool(complete)
         if self.name == "stat":
-            return self._pread_stat(fds, pids, deadline, clock)
-        ok: list[tuple[int, int]] = []
-        bad: list[tuple[int, int]] = []
-        for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
-            checkpoint = index and index % procfs.SKIM_MINIMUM == 0
-            if deadline is not None and checkpoint and clock() > deadline:
-                return ok, bad, False
-            try:
-                ok.append((pid, procfs.parse_skim(self.name, os.pread(fd, 128, 0))))
-            except ParseError:
-                bad.append((pid, 0))
-            except OSError as exc:
-                bad.append((pid, exc.errno or errno.EIO))
-        return ok, bad, True
+            return _pread_each(
+                fds,
+                pids,
+                procfs.STAT_READ_LIMIT,
+                procfs.parse_stat_line,
+                deadline=deadline,
+                clock=clock,
+            )
+        name = self.name
+        return _pread_each(
+            fds,
+            pids,
+            128,
+            lambda data: procfs.parse_skim(name, data),
+            deadline=deadline,
+            clock=clock,
+        )
 
-    @staticmethod
-    def _pread_stat(
-        fds: list[int], pids: list[int], deadline: float | None, clock: Callable[[], float]
-    ) -> tuple[list[tuple[int, StatLine]], list[tuple[int, int]], bool]:
-        """The pure-Python stat loop (the native one's reference)."""
-        ok: list[tuple[int, StatLine]] = []
-        bad: list[tuple[int, int]] = []
-        for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
-            checkpoint = index and index % procfs.SKIM_MINIMUM == 0
-            if deadline is not None and checkpoint and clock() > deadline:
-                return ok, bad, False
-            try:
-                data = os.pread(fd, procfs.STAT_READ_LIMIT, 0)
-                ok.append((pid, procfs.parse_stat_line(data)))
-            except ParseError:
-                bad.append((pid, 0))
-            except OSError as exc:
-                bad.append((pid, exc.errno or errno.EIO))
-        return ok, bad, True
+
+def _pread_each(
+    fds: list[int],
+    pids: list[int],
+    limit: int,
+    parse: Callable[[bytes], _V],
+    *,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> tuple[list[tuple[int, _V]], list[tuple[int, int]], bool]:
+    """The pure-Python kept-fd loop (the native one's reference), for any skimmed file:
+    ``(pid, value)`` read, ``(pid, errno)`` failed (0: malformed), and whether it finished
+    before ``deadline`` (checked every ``SKIM_MINIMUM`` reads)."""
+    ok: list[tuple[int, _V]] = []
+    bad: list[tuple[int, int]] = []
+    for index, (fd, pid) in enumerate(zip(fds, pids, strict=True)):
+        checkpoint = index and index % procfs.SKIM_MINIMUM == 0
+        if deadline is not None and checkpoint and clock() > deadline:
+            return ok, bad, False
+        try:
+            ok.append((pid, parse(os.pread(fd, limit, 0))))
+        except ParseError:
+            bad.append((pid, 0))
+        except OSError as exc:
+            bad.append((pid, exc.errno or errno.EIO))
+    return ok, bad, True
 
 
 class KeptSkims:
