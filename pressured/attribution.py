@@ -13,8 +13,8 @@ it; otherwise it waits for the trigger, which fires again if the stall is real.
 from __future__ import annotations
 
 from pressured.events import EventSource, PressureEvent
+from pressured.history import measure
 from pressured.kernel.procfs import PAGE_SIZE
-from pressured.policies.culprit import measure
 from pressured.snapshot import Snapshot
 
 

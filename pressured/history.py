@@ -89,6 +89,33 @@ def with_newborns(
     return MappingProxyType({**generation.samples, **newborns})
 
 
+def measure(
+    members: tuple[ProcessRecord, ...],
+    previous: Mapping[tuple[int, int], ProcessSample],
+    now_ns: int,
+) -> tuple[float, float, float, float | None]:
+    """(fault bytes/s, growth bytes/s, majflt/s, interval s) over the members with samples:
+    the rates culprit ranks on and an episode recheck is checked against."""
+    faults = growth = majflt = 0
+    oldest_ns: int | None = None
+    sampled = 0
+    for member in members:
+        before = previous.get(member.identity)
+        if before is None:
+            continue
+        sampled += 1
+        faults += max(0, member.minflt - before.minflt) + max(0, member.majflt - before.majflt)
+        majflt += max(0, member.majflt - before.majflt)
+        growth += member.rss_bytes - before.rss_bytes
+        oldest_ns = (
+            before.monotonic_ns if oldest_ns is None else min(oldest_ns, before.monotonic_ns)
+        )
+    if not sampled or oldest_ns is None or now_ns <= oldest_ns:
+        return 0.0, 0.0, 0.0, None
+    interval = (now_ns - oldest_ns) / 1e9
+    return faults * PAGE_SIZE / interval, growth / interval, majflt / interval, interval
+
+
 class ProcessHistory:
     """The last few snapshots' samples for one scope, and the short resample when they are
     missing or stale."""

@@ -38,8 +38,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from pressured.family import family_roots
-from pressured.history import MIN_INTERVAL_S, RESAMPLE_S, STALE_AFTER_S
-from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord
+from pressured.history import MIN_INTERVAL_S, RESAMPLE_S, STALE_AFTER_S, measure
+from pressured.kernel.procfs import ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
 from pressured.policies.common import MIB, killable, mib, omitted_groups, ranking_of
 from pressured.policies.patterns import ProcessPattern, any_match
@@ -102,32 +102,6 @@ class FamilyFigures:
             else ""
         )
         return f"{rates}, {size}, {len(self.members)} process(es){group}"
-
-
-def measure(
-    members: tuple[ProcessRecord, ...],
-    previous: Mapping[tuple[int, int], ProcessSample],
-    now_ns: int,
-) -> tuple[float, float, float, float | None]:
-    """(fault bytes/s, growth bytes/s, majflt/s, interval s) over the members with samples."""
-    faults = growth = majflt = 0
-    oldest_ns: int | None = None
-    sampled = 0
-    for member in members:
-        before = previous.get(member.identity)
-        if before is None:
-            continue
-        sampled += 1
-        faults += max(0, member.minflt - before.minflt) + max(0, member.majflt - before.majflt)
-        majflt += max(0, member.majflt - before.majflt)
-        growth += member.rss_bytes - before.rss_bytes
-        oldest_ns = (
-            before.monotonic_ns if oldest_ns is None else min(oldest_ns, before.monotonic_ns)
-        )
-    if not sampled or oldest_ns is None or now_ns <= oldest_ns:
-        return 0.0, 0.0, 0.0, None
-    interval = (now_ns - oldest_ns) / 1e9
-    return faults * PAGE_SIZE / interval, growth / interval, majflt / interval, interval
 
 
 class CulpritPolicy(BasePolicy[CulpritOptions]):

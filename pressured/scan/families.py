@@ -142,7 +142,7 @@ def family_bounds(
         )
         figures[1] += max(0, line[LINE_RSS_PAGES] - before[LINE_RSS_PAGES])
     timed = earlier is not None and now_ns > earlier.taken_ns
-    # The policy's own arithmetic (pressured.policies.culprit.measure), on sums that are at
+    # The policy's own arithmetic (pressured.history.measure), on sums that are at
     # least its own: the same float operations give a bound that holds exactly.
     interval = (now_ns - earlier.taken_ns) / 1e9 if earlier is not None and timed else 1.0
     bounded: list[tuple[Bound, list[int]]] = []
