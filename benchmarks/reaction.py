@@ -129,18 +129,17 @@ async def _drive(
 ) -> list[EventTiming]:
     from pressured.controller import Controller
     from pressured.events import EventSource, PressureEvent
-    from pressured.scan.plan import plan_for
 
     timings: list[EventTiming] = []
     async with Controller(settings) as controller:
         runner = controller.scopes[0]
         marks: dict[str, int] = {}
-        take_snapshot: Callable[[Any], Awaitable[Any]] = runner.take_snapshot
+        take_snapshot: Callable[[Any, Any], Awaitable[Any]] = runner.take_snapshot
         decide: Callable[..., Awaitable[Any]] = runner.chain.decide
 
-        async def timed_snapshot(event: Any) -> Any:
+        async def timed_snapshot(event: Any, plan: Any) -> Any:
             marks["snapshot_start"] = time.monotonic_ns()
-            snapshot = await take_snapshot(event)
+            snapshot = await take_snapshot(event, plan)
             marks["snapshot_end"] = time.monotonic_ns()
             marks["scan"] = snapshot.scan_duration_ns
             marks["scanned"] = len(snapshot.processes)
@@ -156,7 +155,7 @@ async def _drive(
         # The scope opens its skim files once its triggers are armed (pressured.scan.kept):
         # events are measured after that start-up step, as a running daemon meets them.
         warm_until = time.monotonic() + 30
-        plan = plan_for(link.policy for link in runner.chain.links)
+        plan = runner.scan_stages()[0]
         files = len(plan.skim_files) if plan is not None else 1
         # The fds its kept files will hold: one per process and file, within the fd budget.
         wanted = 0.9 * min(processes * files, runner.kept_skims.max_fds)

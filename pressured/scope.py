@@ -51,7 +51,7 @@ from pressured.policies.base import Decision
 from pressured.policies.chain import ChainResult, PolicyChain
 from pressured.scan.cmdline import CmdlineReader
 from pressured.scan.kept import KeptSkims, prewarm_scope, release_departed
-from pressured.scan.plan import plan_for
+from pressured.scan.plan import ScanPlan, plan_for, plan_stages
 from pressured.scan.stages import StageClock
 from pressured.snapshot import RecentKill, Snapshot, take_snapshot
 from pressured.starvation import StarvationCheck
@@ -277,7 +277,7 @@ class ScopeRunner:
         """Wait for events forever; after each, follow the episode until it quiets down."""
         # Triggers are armed: open the scan's skim files now, once, so the first event only
         # pays for processes started since (pressured.scan.kept). Never raises.
-        plan = plan_for(link.policy for link in self.chain.links)
+        plan = self.scan_stages()[0]
         files = plan.skim_files if plan is not None else ("statm",)
         await asyncio.get_running_loop().run_in_executor(
             self.io, prewarm_scope, self.kept_skims, files, self.group, self.proc_root
@@ -345,12 +345,16 @@ class ScopeRunner:
             return None
         return count, time.monotonic()
 
-    async def take_snapshot(self, event: PressureEvent) -> Snapshot:
+    def scan_stages(self) -> list[ScanPlan | None]:
+        """The chain's scan plans, policy by policy (:func:`pressured.scan.plan.plan_stages`);
+        an empty chain reads no process."""
+        return plan_stages([link.policy for link in self.chain.links]) or [plan_for(())]
+
+    async def take_snapshot(self, event: PressureEvent, plan: ScanPlan | None) -> Snapshot:
         loop = asyncio.get_running_loop()
         cgroup_path = self.settings.cgroup
         memcg = self.group.memcg_v1_path if self.group else None
         recent = self._recent_kills()
-        plan = plan_for(link.policy for link in self.chain.links)
 
         def _take() -> Snapshot:
             snapshot = take_snapshot(
@@ -380,9 +384,25 @@ class ScopeRunner:
         """The decision path: snapshot, then the policy chain. Timed from outside through
         ``decision_started`` so ``/healthz`` can name a scope stuck in it."""
         self.decision_started = time.monotonic()
+        stages_of_scan = self.scan_stages()
+        read_for = [stages_of_scan[0]]  # the plan of the snapshot in hand
+
+        async def widen(index: int, current: Snapshot) -> Snapshot:
+            """A policy that needs more than the snapshot in hand read gets a new one, taken
+            when (and only when) the chain reaches it."""
+            plan = stages_of_scan[index]
+            if plan is read_for[0]:
+                return current
+            self.decision_phase = "snapshot"
+            read_for[0] = plan
+            try:
+                return await self.take_snapshot(event, plan)
+            finally:
+                self.decision_phase = "policies"
+
         try:
             self.decision_phase = "snapshot"
-            snapshot = await self.take_snapshot(event)
+            snapshot = await self.take_snapshot(event, stages_of_scan[0])
             stages.mark("snapshot")
             if snapshot.scan_started_monotonic_ns:
                 started = snapshot.scan_started_monotonic_ns
@@ -399,7 +419,8 @@ class ScopeRunner:
             if unattributed is not None:
                 return snapshot, ChainResult(Decision.no_action(unattributed))
             self.decision_phase = "policies"
-            return snapshot, await self.chain.decide(snapshot, self.guard.check)
+            result = await self.chain.decide(snapshot, self.guard.check, widen)
+            return result.widened or snapshot, result
         finally:
             self.decision_started = self.decision_phase = None
 

@@ -16,6 +16,7 @@ from pressured.config import Settings
 from pressured.controller import Controller
 from pressured.events import EventSource, PressureEvent
 from pressured.ops.http import OpsServer
+from pressured.scan.plan import ScanPlan
 from pressured.snapshot import Snapshot
 from pressured.testing.scratch import ScratchGroup
 
@@ -61,11 +62,15 @@ async def stuck_then_released(scratch: ScratchGroup) -> tuple[str, str, bool]:
         async with Controller(settings, decision_margin_s=0.3) as controller:
             runner = controller.scopes[0]
             take_snapshot = runner.take_snapshot
+            blocked: list[bool] = []
 
-            async def blocked_snapshot(event: PressureEvent) -> Snapshot:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(blocker, os.read, read_end, 1)
-                return await take_snapshot(event)
+            async def blocked_snapshot(event: PressureEvent, plan: ScanPlan | None) -> Snapshot:
+                # The first snapshot only: the chain's fallback takes a second (wider) one.
+                if not blocked:
+                    blocked.append(True)
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(blocker, os.read, read_end, 1)
+                return await take_snapshot(event, plan)
 
             runner.take_snapshot = blocked_snapshot  # type: ignore[method-assign]
             server = OpsServer("127.0.0.1", 0, health=controller.health)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -42,6 +42,8 @@ DISABLE_AFTER_FAILURES = 5
 
 VictimCheck = Callable[[Victim, Snapshot], "str | None"]
 """The guard: returns why a victim must be rejected, or None."""
+Widen = Callable[[int, Snapshot], Awaitable[Snapshot]]
+"""(index of the policy about to be asked, the snapshot so far) -> the snapshot to ask it with."""
 
 
 class FailureKind(StrEnum):
@@ -118,6 +120,9 @@ class ChainResult:
     rejected: tuple[tuple[str, Victim, str], ...] = ()
     """(policy, victim, why the guard refused it)."""
     durations_s: dict[str, float] = field(default_factory=dict)
+    widened: Snapshot | None = None
+    """The wider snapshot a later policy was asked with (see ``PolicyChain.decide``), or None
+    when every policy asked saw the snapshot the chain was given."""
 
 
 def _is_int(value: object) -> bool:
@@ -342,15 +347,28 @@ class PolicyChain:
             return victim
         return expanded
 
-    async def decide(self, snapshot: Snapshot, check: VictimCheck | None = None) -> ChainResult:
-        """Ask each enabled policy in order; return the first decision with accepted victims."""
+    async def decide(
+        self,
+        snapshot: Snapshot,
+        check: VictimCheck | None = None,
+        widen: Widen | None = None,
+    ) -> ChainResult:
+        """Ask each enabled policy in order; return the first decision with accepted victims.
+
+        ``widen(index, snapshot)`` is awaited before policy ``index`` (after the first) is
+        asked, and returns the snapshot to ask it with: the same one, or one that also read
+        what that policy needs (a scan in stages, :func:`pressured.scan.plan.plan_stages`).
+        """
+        given = snapshot
         failures: list[PolicyFailure] = []
         rejected: list[tuple[str, Victim, str]] = []
         durations: dict[str, float] = {}
         reasons: list[str] = []
-        for link in self.links:
+        for index, link in enumerate(self.links):
             if link.disabled:
                 continue
+            if widen is not None and index:
+                snapshot = await widen(index, snapshot)
             decision, failure = await self._ask(link, snapshot)
             durations[link.name] = link.last_duration_s
             if failure is not None:
@@ -364,12 +382,14 @@ class PolicyChain:
             if accepted:
                 link.wins += 1
                 chosen = Decision(tuple(accepted), decision.reason, decision.ranking, link.name)
-                return ChainResult(chosen, tuple(failures), tuple(rejected), durations)
+                wider = None if snapshot is given else snapshot
+                return ChainResult(chosen, tuple(failures), tuple(rejected), durations, wider)
         if not any(not link.disabled for link in self.links):
             reasons.append("every policy is disabled")
         reason = "; ".join(reasons) or "no policy answered"
         none = Decision(victims=(), reason=reason, policy="")
-        return ChainResult(none, tuple(failures), tuple(rejected), durations)
+        wider = None if snapshot is given else snapshot
+        return ChainResult(none, tuple(failures), tuple(rejected), durations, wider)
 
     async def aclose(self) -> None:
         """Close every policy that has ``aclose`` and cancel abandoned calls."""

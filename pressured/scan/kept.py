@@ -298,6 +298,10 @@ class KeptSkims:
     def open_fds(self) -> int:
         return sum(len(kept) for kept in self._files())
 
+    def open_by_name(self) -> dict[str, int]:
+        """Open fds per kept file name, for the files that hold any."""
+        return {kept.name: len(kept) for kept in self._files() if len(kept)}
+
     def skim(
         self,
         proc_root: str,

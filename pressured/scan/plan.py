@@ -18,6 +18,11 @@ bound order until ``top`` eligible families beat every bound left unread.
 
 A policy without ``scan_key`` (or returning None) gets a full scan: the safe default for
 plugins. ``NO_PROCESSES`` says a policy looks at cgroup records only.
+
+A chain is scanned in stages (:func:`plan_stages`): the first snapshot reads what the first
+policy needs, and a later policy that needs more gets a wider snapshot only when the chain
+reaches it. The default chain's fallback (``oom_score``) would otherwise add a skim of every
+process to every event, for a policy asked only when ``culprit`` finds nothing.
 """
 
 from __future__ import annotations
@@ -137,6 +142,20 @@ def need_of(policy: object) -> PolicyNeed:
     except Exception:  # a plugin's bug must not stop the scan: it gets a full scan instead
         return None
     return need if isinstance(need, RankKey | FamilyKey | _NoProcesses) else None
+
+
+def plan_stages(policies: Sequence[object], top: int = 5) -> list[ScanPlan | None]:
+    """For each policy of a chain, the plan serving it and every policy before it. Where a
+    policy needs nothing the earlier ones did not (cgroup records only, or a full scan
+    already planned), its stage *is* the previous stage's object: ``stages[i] is
+    stages[i - 1]`` tells the chain that the snapshot in hand serves policy ``i``."""
+    stages: list[ScanPlan | None] = []
+    for index in range(len(policies)):
+        if index and (stages[-1] is None or need_of(policies[index]) is NO_PROCESSES):
+            stages.append(stages[-1])
+        else:
+            stages.append(plan_for(policies[: index + 1], top))
+    return stages
 
 
 def plan_for(policies: Iterable[object], top: int = 5) -> ScanPlan | None:
