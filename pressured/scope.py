@@ -137,7 +137,8 @@ class ScopeRunner:
         # The scan's command-line reader: a disposable thread, so a process stuck in a fault
         # cannot hold the I/O pool.
         self.cmdlines = CmdlineReader(proc_root=proc_root)
-        self.kept_skims = KeptSkims(proc_root)  # skim files kept open between events
+        # Skim files kept open between events; a large skim reads half on the other I/O thread.
+        self.kept_skims = KeptSkims(proc_root, helper=self.io)
         self.scan_deadline_s = 2.0
         self.scan_clock: Callable[[], float] = time.monotonic  # a seam for deadline tests
         self._dequeued_ns: int | None = None

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pressured.kernel import procfs
+from pressured.scan import kept as kept_module
 from pressured.scan import skim
 from pressured.scan.kept import KeptSkim
 from pressured.testing.scratch import ScratchGroup
@@ -146,3 +150,71 @@ def test_files_of_a_killed_group_are_released_without_another_scan(
         assert bystander.poll() is None
     finally:
         kept.close()
+
+
+@pytest.fixture
+def many_sleepers() -> Iterator[list[int]]:
+    """Twenty settled sleepers (enough for two halves of ten with the split lowered)."""
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(20)]
+    try:
+        deadline = time.monotonic() + 10
+        while not all(asleep(proc.pid) for proc in procs):
+            assert time.monotonic() < deadline, "sleepers did not settle"
+            time.sleep(0.01)
+        yield [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("name", ["stat", "oom_score"])
+def test_a_skim_read_in_two_halves_reads_what_one_thread_reads(
+    many_sleepers: list[int], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second half read on a helper thread: the same lines and values, every process."""
+    if not skim.NATIVE_AVAILABLE:
+        pytest.skip("the split applies to the optional native skim, not built here")
+    monkeypatch.setattr(kept_module, "SPLIT_AT", 4)
+    halves: list[int] = []
+    real = kept_module.read_in_halves
+
+    def counted(*args: Any) -> Any:
+        halves.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(kept_module, "read_in_halves", counted)
+    with ThreadPoolExecutor(1) as helper:
+        split, single = KeptSkim(name, helper=helper), KeptSkim(name)
+        try:
+            for _ in range(2):  # the first skim opens the fds, the second preads them
+                both = split.skim("/proc", many_sleepers, name)
+                one = single.skim("/proc", many_sleepers, name)
+                assert both.values == one.values and both.lines == one.lines
+                assert len(both.values) == len(many_sleepers) and both.complete
+        finally:
+            split.close()
+            single.close()
+    assert halves, "the kept skim never read in halves"
+
+
+def test_a_busy_helper_does_not_hold_up_the_skim(
+    many_sleepers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper's one thread is blocked elsewhere: the skim takes its second half back and
+    finishes with every process read (it would otherwise wait for the blocker)."""
+    if not skim.NATIVE_AVAILABLE:
+        pytest.skip("the split applies to the optional native skim, not built here")
+    monkeypatch.setattr(kept_module, "SPLIT_AT", 4)
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as helper:
+        helper.submit(release.wait, 30)
+        kept = KeptSkim("stat", helper=helper)
+        try:
+            kept.skim("/proc", many_sleepers, "stat")
+            result = kept.skim("/proc", many_sleepers, "stat")
+            assert not release.is_set()
+            assert sorted(result.lines) == sorted(many_sleepers) and result.complete
+        finally:
+            release.set()
+            kept.close()
