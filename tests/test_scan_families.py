@@ -558,6 +558,25 @@ def test_identical_idle_processes_are_not_all_read_in_full(idle_scope: ScratchGr
     assert choice(decide(safety_net, fast)) == choice(decide(safety_net, full))
 
 
+def test_ties_on_oom_score_alone_are_settled_by_their_stat_lines(
+    idle_scope: ScratchGroup,
+) -> None:
+    """The oom_score policy alone (or as the default chain's second stage) has no stat skim:
+    the forty tied sleepers get their stat lines read (about 10 µs each) instead of their
+    full records (six files and a command line each), and the victim is the full scan's.
+    Before, every tied process was read in full."""
+    policy = OomScorePolicy(OomScoreOptions())
+    common: dict[str, Any] = {
+        "layout": idle_scope.layout,
+        "cgroup_path": idle_scope.path,
+        "memcg_v1_path": idle_scope.memcg_path,
+    }
+    fast = take_snapshot(EVENT, **common, plan=plan_for([policy]), cmdlines=CmdlineReader())
+    full = take_snapshot(EVENT, **common)
+    assert len(fast.processes) < SLEEPERS // 2
+    assert choice(decide(policy, fast)) == choice(decide(policy, full))
+
+
 def test_an_extension_built_before_the_stat_skim_is_not_asked_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -109,11 +109,15 @@ def _descending(
     pids: Sequence[int],
     swap_in_use: int,
     lines: Mapping[int, procfs.StatLine],
+    *,
+    read_lines: Callable[[list[int]], Mapping[int, procfs.StatLine]] | None = None,
 ) -> Iterator[tuple[Order, int]]:
     """(bound, pid) from the highest bound down. Equal first bounds come in no particular
-    order, unless the key gives its whole sort key (``RankKey.order``) and a stat skim is at
-    hand: then ties are ordered by a bound on the tie-breaks too (resident + swap in use,
-    start time, PID), so a thousand processes of one oom_score are not all read."""
+    order, unless the key gives its whole sort key (``RankKey.order``): then ties are ordered
+    by a bound on the tie-breaks too (resident + swap in use, start time, PID) from a stat
+    line, so a thousand processes of one oom_score are not all read in full. The lines come
+    from the scan's stat skim, or (without one) from ``read_lines`` for each group of ties,
+    which adds what it read to ``lines`` (a dict then) for the scores to match the bounds."""
     if key.bound is Bound.SWAP:
         bound = float(swap_in_use + key.slack)
         yield from (((bound,), pid) for pid in pids)
@@ -127,13 +131,29 @@ def _descending(
     # The same constant is added to every value, so the values' order is the bounds'; a
     # sort keyed by a C method is the cheapest way to it (about 1 ms for 10,000 here).
     ranked = sorted(values, key=values.__getitem__, reverse=True)
-    if key.order is None or key.bound is not Bound.OOM_SCORE or not lines:
+    if not _orders_ties(key, lines, read_lines):
         yield from (((values[pid] + extra,), pid) for pid in ranked)
         return
-    for value, tied in itertools.groupby(ranked, key=values.__getitem__):
+    for value, group in itertools.groupby(ranked, key=values.__getitem__):
+        tied = list(group)
+        if len(tied) > 1 and read_lines is not None and isinstance(lines, dict):
+            lines.update(read_lines([pid for pid in tied if pid not in lines]))
         bounds = [((value + extra, *_tie_bound(pid, lines, swap_in_use)), pid) for pid in tied]
         bounds.sort(reverse=True)
         yield from bounds
+
+
+def _orders_ties(
+    key: RankKey,
+    lines: Mapping[int, procfs.StatLine],
+    read_lines: Callable[[list[int]], Mapping[int, procfs.StatLine]] | None,
+) -> bool:
+    """Whether ``key``'s ties are ordered by stat lines (and its scores are whole orders)."""
+    return (
+        key.order is not None
+        and key.bound is Bound.OOM_SCORE
+        and (bool(lines) or read_lines is not None)
+    )
 
 
 def _tie_bound(
@@ -220,10 +240,26 @@ def scan_two_phase(
         reader.vanished += result.vanished
         complete = complete and result.complete
     skimmed = max((len(result.values) for result in skims.values()), default=0)
+    read_lines = None
+    if not lines:
+        # No stat skim: ties at the top get their stat lines read (fresh opens: a kept
+        # stat file holds every process of a family key's skim, not a few ties).
+        lines = {}
+
+        def read_lines(tied: list[int]) -> Mapping[int, procfs.StatLine]:
+            return default_skim(proc_root, tied, "stat", deadline, clock).lines
+
     for key in keys:
-        order = _descending(key, skims, pids, swap_in_use, lines)
+        order = _descending(key, skims, pids, swap_in_use, lines, read_lines=read_lines)
         read_all = _read_key(
-            key, order, reader, candidate=candidate, top=top, clock=clock, lines=lines
+            key,
+            order,
+            reader,
+            candidate=candidate,
+            top=top,
+            clock=clock,
+            lines=lines,
+            whole=_orders_ties(key, lines, read_lines),
         )
         complete = read_all and complete
     if plan is None and complete:
@@ -264,13 +300,13 @@ def _read_key(
     top: float,
     clock: Callable[[], float],
     lines: Mapping[int, procfs.StatLine],
+    whole: bool,
 ) -> bool:
     """Full records in ``order`` until the key's top is certain; False when the deadline
-    cut it short."""
+    cut it short. ``whole``: scores are the key's whole order, as the bounds are."""
     best: list[Order] = []  # min-heap of the top eligible scores so far
     highest: Order = (-_INFINITY,)
     deadline = reader.deadline
-    whole = key.order is not None and key.bound is Bound.OOM_SCORE and bool(lines)
     for position, (bound, pid) in enumerate(order):
         if bound[0] < key.floor:
             break  # nothing unread can even be eligible
