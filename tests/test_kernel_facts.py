@@ -213,3 +213,30 @@ def test_oom_score_adj_goes_back_down_to_the_inherited_floor_without_cap_sys_res
     assert to_min in ("ok", "EACCES")
     if to_min == "ok":  # this host: a floor of -1000 was passed down to us
         assert final == "-1000"
+
+
+def _io_and_faults(pid: int) -> tuple[int, int]:
+    """(read_bytes from /proc/PID/io, minflt + majflt from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/io", encoding="ascii") as handle:
+        fields = dict(line.split(": ") for line in handle.read().splitlines())
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        words = handle.read().rsplit(b")", 1)[1].split()
+    return int(fields["read_bytes"]), int(words[7]) + int(words[9])
+
+
+@pytest.mark.pressure
+def test_read_thrash_shows_in_read_bytes_not_in_page_faults(scratch: ScratchGroup) -> None:
+    """A process re-reading a file bigger than its group's room through read(2) fetches from
+    disk all the time, but faults almost never: fault rates cannot see it (the culprit gap in
+    docs/design.md), /proc/PID/io's read_bytes can."""
+    proc = scratch.spawn([sys.executable, "-m", "pressured.testing.culprits", "reader", "256"])
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"ready")
+    time.sleep(0.5)  # past its start-up faults
+    read_before, faults_before = _io_and_faults(proc.pid)
+    time.sleep(2)
+    read_after, faults_after = _io_and_faults(proc.pid)
+    read_bytes = read_after - read_before
+    fault_bytes = (faults_after - faults_before) * os.sysconf("SC_PAGE_SIZE")
+    assert read_bytes >= 64 << 20, f"only {read_bytes} bytes read from disk in 2 s"
+    assert read_bytes > 100 * fault_bytes, (read_bytes, fault_bytes)

@@ -132,6 +132,18 @@ def test_hog_with_lower_adj_than_a_bystander_still_dies(thrash_file: str, tmp_pa
     assert kill["pid"] == staged.culprits[0]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known wrong kill (docs/design.md, Gaps): read(2) thrash makes no page faults, so "
+    "culprit sees no demand and falls back to size; the 60 MiB idle process dies first",
+)
+def test_read_thrasher_dies_before_the_idle_process(thrash_file: str, tmp_path: Path) -> None:
+    """The process re-reading a file through read(2) causes the stall; the idle one is left."""
+    staged, kills, _ = _run("read-thrasher", thrash_file, tmp_path)
+    kill = _the_one_kill(kills)
+    assert kill["pid"] == staged.culprits[0]
+
+
 def test_oomd_omit_xattr_is_read_and_the_group_never_chosen(scratch: ScratchGroup) -> None:
     """systemd's user.oomd_omit on a child group is read into its cgroup record (and a plain
     group's is not). That no policy kills inside such a group is
