@@ -1,0 +1,146 @@
+"""What an idle ``pressured run`` holds in memory: every module of the kill path, and nothing
+for an operations feature that is switched off.
+
+Each test runs the real daemon through a small launcher that adds one thread: when the test
+writes to a FIFO, that thread writes the daemon's ``sys.modules`` to a file. The daemon says
+``READY=1`` on ``NOTIFY_SOCKET`` once its operations pieces are started (the last step of
+start-up), so a dump taken after it is what the daemon holds while idle.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from pressured.testing.daemon import Daemon, write_config
+from pressured.testing.scratch import ScratchGroup
+
+pytestmark = pytest.mark.kernel
+
+LAUNCHER = """\
+import os, runpy, sys, threading
+
+def dump_modules_on_request():
+    fifo, out = os.environ["IDLE_TEST_FIFO"], os.environ["IDLE_TEST_OUT"]
+    count = 0
+    while True:
+        with open(fifo, encoding="ascii") as request:
+            request.read()
+        count += 1
+        names = "\\n".join(sorted(sys.modules))
+        with open(f"{out}.tmp", "w", encoding="ascii") as handle:
+            handle.write(names)
+        os.rename(f"{out}.tmp", f"{out}.{count}")
+
+threading.Thread(target=dump_modules_on_request, name="test-dump", daemon=True).start()
+sys.argv = ["pressured", *sys.argv[1:]]
+runpy.run_module("pressured", run_name="__main__")
+"""
+
+# Operations modules for features that are off in these tests (metrics, journal, hooks).
+OFF_FEATURE_MODULES = {
+    "prometheus_client",
+    "pressured.ops.metrics",
+    "pressured.ops.http",
+    "pressured.ops.journal",
+    "pressured.ops.hooks",
+    "aiofiles",
+}
+
+
+class ModuleProbe:
+    """The daemon started through :data:`LAUNCHER`, with a notify socket for its READY=1."""
+
+    def __init__(self, tmp_path: Path, config: Path, *extra: str) -> None:
+        self.fifo = tmp_path / "dump.fifo"
+        os.mkfifo(self.fifo)
+        self.out = tmp_path / "modules"
+        self.notify_path = tmp_path / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        env = {
+            "IDLE_TEST_FIFO": str(self.fifo),
+            "IDLE_TEST_OUT": str(self.out),
+            "NOTIFY_SOCKET": str(self.notify_path),
+        }
+        self.daemon = Daemon(config, *extra, env=env)
+        self.daemon.argv[1:3] = ["-c", LAUNCHER]  # instead of "-m pressured"
+        self.dumps = 0
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until READY=1: armed, and the operations pieces started."""
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.notify.settimeout(remaining)
+            if b"READY=1" in self.notify.recv(4096):
+                return
+        raise TimeoutError(f"no READY=1 within {timeout_s} s; log: {self.daemon.raw[-10:]}")
+
+    def modules(self, timeout_s: float = 10.0) -> set[str]:
+        """The daemon's ``sys.modules`` now."""
+        self.dumps += 1
+        with open(self.fifo, "w", encoding="ascii") as request:
+            request.write("dump")
+        path = Path(f"{self.out}.{self.dumps}")
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon wrote no module list within {timeout_s} s")
+            time.sleep(0.05)
+        return set(path.read_text(encoding="ascii").split())
+
+    def close(self) -> None:
+        self.notify.close()
+
+
+def _defaults_in(scratch: ScratchGroup, path: Path, extra: str = "") -> Path:
+    """The built-in defaults (levels, policy chain, mlockall), watching only ``scratch``,
+    with metrics off as in benchmarks/idle.py."""
+    memcg = f'memcg_v1 = "{scratch.memcg_path}"\n' if scratch.memcg_path else ""
+    scope = f'[[scopes]]\ncgroup = "{scratch.path}"\n{memcg}'
+    return write_config(path, f"[metrics]\nenabled = false\n{extra}\n{scope}")
+
+
+def test_idle_daemon_with_metrics_off_holds_no_prometheus_client(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """With metrics off nothing can read them: prometheus-client (and the HTTP, WSGI and
+    e-mail modules it imports) cost 2.4 MiB of locked memory for the daemon's whole life."""
+    probe = ModuleProbe(tmp_path, _defaults_in(scratch, tmp_path / "p.toml"), "--dry-run")
+    try:
+        with probe.daemon as daemon:
+            probe.wait_ready()
+            loaded = probe.modules()
+            assert daemon.stop() == 0
+    finally:
+        probe.close()
+    assert {"pressured.controller", "pressured.actuator", "pressured.reaper"} <= loaded
+    assert not (OFF_FEATURE_MODULES & loaded), sorted(OFF_FEATURE_MODULES & loaded)
+
+
+@pytest.mark.pressure
+def test_a_real_kill_imports_no_module(
+    scratch: ScratchGroup, thrash_file: str, tmp_path: Path
+) -> None:
+    """Everything from the trigger to the reaped victim is imported before arming: under real
+    pressure a lazy import is a disk read that can take seconds. The daemon on its default
+    chain kills a real thrasher; its module set is the same after the kill as when idle."""
+    config = _defaults_in(scratch, tmp_path / "p.toml", "[guard]\ncooldown_ms = 500\n")
+    probe = ModuleProbe(tmp_path, config)
+    try:
+        with probe.daemon as daemon:
+            probe.wait_ready()
+            idle = probe.modules()
+            thrasher = scratch.spawn_workload("thrash", thrash_file)
+            killed = daemon.wait_for("victim.killed", 60)
+            assert killed["pid"] == thrasher.pid
+            thrasher.wait(20)
+            after_kill = probe.modules()
+            assert daemon.stop() == 0
+    finally:
+        probe.close()  # the scratch group kills what is left of the thrasher
+    assert after_kill - idle == set()
