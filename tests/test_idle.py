@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.idle import rss_by_mapping
 from pressured.testing.daemon import Daemon, write_config
 from pressured.testing.scratch import ScratchGroup
-
-pytestmark = pytest.mark.kernel
 
 LAUNCHER = """\
 import os, runpy, sys, threading
@@ -105,6 +104,7 @@ def _defaults_in(scratch: ScratchGroup, path: Path, extra: str = "") -> Path:
     return write_config(path, f"[metrics]\nenabled = false\n{extra}\n{scope}")
 
 
+@pytest.mark.kernel
 def test_idle_daemon_with_metrics_off_holds_no_prometheus_client(
     scratch: ScratchGroup, tmp_path: Path
 ) -> None:
@@ -122,6 +122,7 @@ def test_idle_daemon_with_metrics_off_holds_no_prometheus_client(
     assert not (OFF_FEATURE_MODULES & loaded), sorted(OFF_FEATURE_MODULES & loaded)
 
 
+@pytest.mark.kernel
 @pytest.mark.pressure
 def test_a_real_kill_imports_no_module(
     scratch: ScratchGroup, thrash_file: str, tmp_path: Path
@@ -144,3 +145,20 @@ def test_a_real_kill_imports_no_module(
     finally:
         probe.close()  # the scratch group kills what is left of the thrasher
     assert after_kill - idle == set()
+
+
+def test_rss_breakdown_accounts_for_every_resident_page() -> None:
+    """The idle benchmark's per-mapping split of RSS adds up to the kernel's own total (no
+    mapping dropped or counted twice), and finds this interpreter's heap and shared objects."""
+
+    def rollup_rss_kib() -> int:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("Rss:"))
+
+    before = rollup_rss_kib()
+    split = rss_by_mapping(os.getpid())
+    after = rollup_rss_kib()
+    # The two readings bracket the split; reading smaps itself may touch a few pages.
+    assert min(before, after) - 256 <= sum(split.values()) <= max(before, after) + 256
+    assert split["malloc heap ([heap])"] > 0
+    assert split["other shared objects and files"] > 0
