@@ -9,6 +9,7 @@ start-up), so a dump taken after it is what the daemon holds while idle.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -82,10 +83,22 @@ class ModuleProbe:
     def modules(self, timeout_s: float = 10.0) -> set[str]:
         """The daemon's ``sys.modules`` now."""
         self.dumps += 1
-        with open(self.fifo, "w", encoding="ascii") as request:
-            request.write("dump")
-        path = Path(f"{self.out}.{self.dumps}")
         deadline = time.monotonic() + timeout_s
+        # Non-blocking, so a daemon that died (no reader on the FIFO) fails the test instead of
+        # hanging it; ENXIO until the dump thread is back in open().
+        while True:
+            try:
+                request = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            os.write(request, b"dump")
+        finally:
+            os.close(request)
+        path = Path(f"{self.out}.{self.dumps}")
         while not path.exists():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the daemon wrote no module list within {timeout_s} s")
@@ -104,13 +117,18 @@ def _defaults_in(scratch: ScratchGroup, path: Path, extra: str = "") -> Path:
     return write_config(path, f"[metrics]\nenabled = false\n{extra}\n{scope}")
 
 
+LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+
+
 @pytest.mark.kernel
+@LOOPS
 def test_idle_daemon_with_metrics_off_holds_no_prometheus_client(
-    scratch: ScratchGroup, tmp_path: Path
+    scratch: ScratchGroup, tmp_path: Path, loop: str
 ) -> None:
     """With metrics off nothing can read them: prometheus-client (and the HTTP, WSGI and
     e-mail modules it imports) cost 2.4 MiB of locked memory for the daemon's whole life."""
-    probe = ModuleProbe(tmp_path, _defaults_in(scratch, tmp_path / "p.toml"), "--dry-run")
+    config = _defaults_in(scratch, tmp_path / "p.toml")
+    probe = ModuleProbe(tmp_path, config, "--dry-run", "--loop", loop)
     try:
         with probe.daemon as daemon:
             probe.wait_ready()
@@ -124,14 +142,15 @@ def test_idle_daemon_with_metrics_off_holds_no_prometheus_client(
 
 @pytest.mark.kernel
 @pytest.mark.pressure
+@LOOPS
 def test_a_real_kill_imports_no_module(
-    scratch: ScratchGroup, thrash_file: str, tmp_path: Path
+    scratch: ScratchGroup, thrash_file: str, tmp_path: Path, loop: str
 ) -> None:
     """Everything from the trigger to the reaped victim is imported before arming: under real
     pressure a lazy import is a disk read that can take seconds. The daemon on its default
     chain kills a real thrasher; its module set is the same after the kill as when idle."""
     config = _defaults_in(scratch, tmp_path / "p.toml", "[guard]\ncooldown_ms = 500\n")
-    probe = ModuleProbe(tmp_path, config)
+    probe = ModuleProbe(tmp_path, config, "--loop", loop)
     try:
         with probe.daemon as daemon:
             probe.wait_ready()
