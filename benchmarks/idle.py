@@ -302,6 +302,9 @@ def run(config: Config, progress: Progress) -> Section:
         "measurement.",
         "Wake-ups: voluntary context switches summed over all threads; CPU time: utime + "
         f"stime at {CLOCK_TICK} ticks/s (10 ms resolution); RSS and locked memory at the end.",
+        "Locked is VmLck, the size of the mappings mlockall marked, reserved address space "
+        "included (8 MiB per thread stack, 64 MiB per malloc arena of a thread): with "
+        "MCL_ONFAULT only the pages touched are resident, and those are the RSS column.",
         "Where pressured's wake-ups came from (thread: count): "
         + ("; ".join(busy) if busy else "none"),
     ]
