@@ -7,8 +7,9 @@ memory crisis acts only once armed, and under pressure every module it imports i
 from disk. So the order is: configuration, then the cheap checks that can still fail because of
 it (:mod:`pressured.preflight`: bind the port, create the journal), then the controller armed
 (triggers, reaper, I/O threads, the policies of every chain), and only then the operations
-pieces, imported at that moment. Until they exist, a :class:`~pressured.ops.backlog.Backlog`
-holds what the controller publishes.
+pieces that are enabled, imported at that moment (a feature that is off is never imported:
+what an idle daemon has imported stays in its locked memory for good). Until they exist, a
+:class:`~pressured.ops.backlog.Backlog` holds what the controller publishes.
 """
 
 from __future__ import annotations
