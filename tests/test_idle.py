@@ -10,8 +10,11 @@ start-up), so a dump taken after it is what the daemon holds while idle.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,3 +184,54 @@ def test_rss_breakdown_accounts_for_every_resident_page() -> None:
     assert min(before, after) - 256 <= sum(split.values()) <= max(before, after) + 256
     assert split["malloc heap ([heap])"] > 0
     assert split["other shared objects and files"] > 0
+
+
+# Run in a child so the test process itself is never locked. Prints JSON figures (KiB).
+LOCKED_CHILD = """\
+import ctypes, json, mmap, sys
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MADV_DONTNEED = 1, 2, 4, 4
+libc = ctypes.CDLL(None, use_errno=True)
+def status():
+    with open("/proc/self/status") as handle:
+        rows = (line.split() for line in handle)
+        return {row[0].rstrip(":"): int(row[1]) for row in rows if row[0] in ("VmRSS:", "VmLck:")}
+if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+    print(json.dumps({"refused": ctypes.get_errno()}))
+    sys.exit(0)
+size = 64 << 20
+base = status()
+region = mmap.mmap(-1, size)
+mapped = status()
+region[: 8 << 20] = b"x" * (8 << 20)
+touched = status()
+address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+result = libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), MADV_DONTNEED)
+errno = ctypes.get_errno() if result != 0 else 0
+print(json.dumps({"base": base, "mapped": mapped, "touched": touched,
+                  "madvise": result, "errno": errno, "after_madvise": status()}))
+"""
+
+
+@pytest.mark.kernel
+def test_onfault_lock_counts_mappings_but_keeps_only_touched_pages_and_refuses_dontneed() -> None:
+    """Kernel facts behind the idle figures: under mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT)
+    a new 64 MiB mapping adds 64 MiB to VmLck but nothing to VmRSS until touched (so the idle
+    table's "locked" column is address space, not memory); and madvise(MADV_DONTNEED) on
+    locked pages fails with EINVAL, which is why the daemon's malloc_trim must come before
+    mlockall: after it, freed heap pages can no longer be handed back."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOCKED_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    figures = json.loads(done.stdout)
+    if "refused" in figures:
+        pytest.skip(f"mlockall refused here (errno {figures['refused']}): no CAP_IPC_LOCK")
+    base, mapped, touched = figures["base"], figures["mapped"], figures["touched"]
+    assert mapped["VmLck"] - base["VmLck"] >= 64 << 10
+    assert mapped["VmRSS"] - base["VmRSS"] < 4 << 10
+    assert touched["VmRSS"] - mapped["VmRSS"] >= 8 << 10
+    assert (figures["madvise"], figures["errno"]) == (-1, errno.EINVAL)
+    assert figures["after_madvise"]["VmRSS"] >= touched["VmRSS"] - (1 << 10)
