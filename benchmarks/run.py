@@ -46,7 +46,7 @@ TABLE_IDS = {
     "relief": ("relief",),
     "reaction": ("reaction", "reaction_split", "reaction_files"),
     "episodes": ("episodes", "episodes_pollers"),
-    "idle": ("idle",),
+    "idle": ("idle", "idle_memory"),
     "startup": ("startup_times", "startup_trigger_close", "startup_imports"),
     "victims": ("victims", "victims_decision"),
     "group_kill": ("group_kill",),

@@ -7,8 +7,9 @@ memory crisis acts only once armed, and under pressure every module it imports i
 from disk. So the order is: configuration, then the cheap checks that can still fail because of
 it (:mod:`pressured.preflight`: bind the port, create the journal), then the controller armed
 (triggers, reaper, I/O threads, the policies of every chain), and only then the operations
-pieces, imported at that moment. Until they exist, a :class:`~pressured.ops.backlog.Backlog`
-holds what the controller publishes.
+pieces that are enabled, imported at that moment (a feature that is off is never imported:
+what an idle daemon has imported stays in its locked memory for good). Until they exist, a
+:class:`~pressured.ops.backlog.Backlog` holds what the controller publishes.
 """
 
 from __future__ import annotations
@@ -88,35 +89,46 @@ class Daemon:
         return reserve_port(self.settings.metrics.host, self.settings.metrics.port)
 
     async def _start_operations(self, listener: socket.socket | None) -> None:
-        """Metrics, hooks, journal and HTTP: imported and started once the controller is armed."""
-        from pressured.ops.metrics import Metrics
+        """Metrics, hooks, journal and HTTP: imported and started once the controller is armed.
 
+        Only what is enabled is imported. With metrics off nothing can read them (no HTTP
+        server either), and prometheus-client with the HTTP, e-mail and WSGI modules it pulls
+        in would hold about 2.4 MiB of locked memory for the daemon's whole life.
+        """
         settings = self.settings
-        self.metrics = metrics = Metrics(
-            pressure_cache_s=settings.metrics.pressure_cache_s, loop_name=settings.daemon.loop
-        )
-        sinks: list[Sink] = [metrics]
+        sinks: list[Sink] = []
+        if settings.metrics.enabled:
+            from pressured.ops.metrics import Metrics
+
+            self.metrics = Metrics(
+                pressure_cache_s=settings.metrics.pressure_cache_s, loop_name=settings.daemon.loop
+            )
+            sinks.append(self.metrics)
+        metrics = self.metrics
         if self.hooks is not None:
             sinks.append(self.hooks)
         if settings.journal.path:
             from pressured.ops.journal import KillJournal
 
             self.journal = KillJournal(
-                settings.journal.path, self.io, on_error=metrics.journal_failed
+                settings.journal.path,
+                self.io,
+                on_error=metrics.journal_failed if metrics is not None else None,
             )
             sinks.append(self.journal)
         await self.backlog.hand_over(sinks, SINK_TIMEOUT_S)
         # No await between the hand-over and here: nothing published falls in between.
         for sink in sinks:
             self.controller.add_sink(sink)
-        self.controller.attach_metrics(metrics)
+        if metrics is not None:
+            self.controller.attach_metrics(metrics)
         self._watch_scopes()
         if self.journal is not None:
             try:
                 await self.journal.start()
             except OSError as exc:
                 raise ConfigError("journal.path", f"cannot open: {exc.strerror}") from None
-        if listener is not None:
+        if listener is not None and metrics is not None:
             from pressured.ops.http import OpsServer
 
             self.server = OpsServer(
