@@ -7,9 +7,9 @@ gets them as :attr:`Snapshot.previous`, and policies take rates from the differe
 The **first event of an episode** usually finds no useful history: the last snapshot may be
 minutes old (its rates would average a long quiet time with the burst that matters) or there
 may be none. Then :meth:`ProcessHistory.complete` takes a short second sample itself: it waits
-``resample_s`` (200 ms by default) and reads ``/proc/PID/stat`` of the scope's candidates
+``resample_s`` (100 ms by default) and reads ``/proc/PID/stat`` of the scope's candidates
 again (one small read each, no mmap lock), so the policy sees what each process did in those
-200 ms. That costs the first decision of an episode ``resample_s`` plus about 10 us per
+100 ms. That costs the first decision of an episode ``resample_s`` plus about 10 us per
 process (``benchmarks/victims.py`` prints it); decisions later in the episode use the previous
 snapshot and pay nothing.
 
@@ -42,8 +42,10 @@ MIN_INTERVAL_S = 0.1
 """A generation younger than this gives rates too noisy to rank on."""
 STALE_AFTER_S = 5.0
 """A generation older than this averages too much quiet time: sample afresh instead."""
-RESAMPLE_S = 0.2
-"""How long the short second sample waits when history is missing or stale."""
+RESAMPLE_S = MIN_INTERVAL_S
+"""How long the short second sample waits when history is missing or stale: the shortest
+interval rates are taken over from kept history, no longer (it was 200 ms: the first event
+after a quiet spell waited twice what a kept reading needs)."""
 GENERATIONS = 3
 
 

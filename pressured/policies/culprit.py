@@ -4,7 +4,7 @@ Candidates are grouped into **families**: a process with its descendants in the 
 group (:mod:`pressured.family`), so a parent with eight forked workers is judged, and killed,
 as one. For each family, over the interval since the previous sample of its processes
 (:attr:`Snapshot.previous`: the scope's kept ``/proc/PID/stat`` reading from arm time or the
-previous event, 0.1 to 5 s old, or else a second reading 200 ms after the first; see
+previous event, 0.1 to 5 s old, or else a second reading 100 ms after the first; see
 :mod:`pressured.scan.families`)::
 
     faults  = (minor + major faults of its members) * page size / interval   # pages it touched

@@ -90,8 +90,9 @@ class FamilyKey:
     """Below this demand a family ranks by size (the order's first element is 0)."""
     families: bool = True
     """False: every process is its own family."""
-    resample_s: float = 0.2
-    """With no usable earlier stat reading, read everyone's stat again after this long."""
+    resample_s: float = 0.1
+    """With no usable earlier stat reading, read everyone's stat again after this long (the
+    shortest interval an earlier reading may span, ``min_interval_s``)."""
     min_interval_s: float = 0.1
     """An earlier reading younger than this gives rates too noisy to rank on."""
     stale_after_s: float = 5.0
