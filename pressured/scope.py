@@ -38,6 +38,7 @@ from pressured.config import ScopeSettings
 from pressured.episode import EpisodeRules, RefaultReading, follow_episode, read_refaults
 from pressured.errors import KernelError
 from pressured.events import SYSTEM_SCOPE, EventSource, KillRecord, KillResult, PressureEvent
+from pressured.gcpause import collection_paused
 from pressured.guard import Guard
 from pressured.history import RESAMPLE_S, ProcessHistory
 from pressured.kernel import psi
@@ -427,6 +428,10 @@ class ScopeRunner:
 
     async def handle(self, event: PressureEvent) -> KillRecord | None:
         """Decide and act on one event. Never raises for a policy's or a victim's fault."""
+        with collection_paused():  # no collector pause between the event and the kill
+            return await self._handle(event)
+
+    async def _handle(self, event: PressureEvent) -> KillRecord | None:
         self.stats.events += 1
         self.stats.last_event_wall = event.wall_time
         stages = StageClock(event.monotonic_ns)
