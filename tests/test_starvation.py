@@ -8,6 +8,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,7 +160,7 @@ def _check(events: list[PressureEvent]) -> StarvationCheck:
 
 def test_stall_past_the_trigger_ratio_without_events_is_starvation() -> None:
     """10 s of readings with 2 s stalled (ratio 0.2 >= 0.075): a starvation event."""
-    event = _check([]).starved(_pressure(1_000_000), _pressure(3_000_000))
+    event = _check([]).starved(_pressure(1_000_000), _pressure(3_000_000), 10.0)
     assert event is not None
     assert event.source is EventSource.STARVATION
     assert event.detail["stall_ratio"] == pytest.approx(0.2)
@@ -167,13 +168,14 @@ def test_stall_past_the_trigger_ratio_without_events_is_starvation() -> None:
 
 def test_stall_below_the_trigger_ratio_is_not_starvation() -> None:
     """0.5 s stalled in 10 s (ratio 0.05 < 0.075): nothing to say."""
-    assert _check([]).starved(_pressure(1_000_000), _pressure(1_500_000)) is None
+    assert _check([]).starved(_pressure(1_000_000), _pressure(1_500_000), 10.0) is None
 
 
 def test_stall_in_an_interval_with_a_trigger_event_is_not_starvation(run_async: RunAsync) -> None:
     """Stall past the ratio in every interval, one trigger event in the first: only the
     silent intervals after it are reported (a trigger that fired was not starved)."""
-    totals = [0, 2_000, 4_000, 6_000]  # us of stall per 10 ms interval: ratio 0.2 each time
+    # us of stall: a second per 10 ms interval, far past the ratio however late a check wakes
+    totals = [0, 1_000_000, 2_000_000, 3_000_000]
     fired = [0, 1, 1, 1]  # one event during the first interval, none after
     readings = iter(range(len(totals)))
     last_reading = asyncio.Event()
@@ -209,3 +211,45 @@ def test_stall_in_an_interval_with_a_trigger_event_is_not_starvation(run_async: 
 
     run_async(scenario())
     assert [event.source for event in events] == [EventSource.STARVATION] * 2
+
+
+def test_a_check_that_wakes_late_judges_the_stall_over_the_time_that_passed(
+    run_async: RunAsync,
+) -> None:
+    """1 ms of stall between two readings 10 ms apart in name but >= 100 ms apart in fact
+    (the loop was blocked): a ratio of at most 0.01, not starvation. The old check divided by
+    the nominal 10 ms (ratio 0.1 >= 0.075) and acted on a stall below the threshold."""
+    totals = iter([0, 1_000])
+    second_reading = asyncio.Event()
+    events: list[PressureEvent] = []
+
+    def read_pressure() -> Pressure:
+        total = next(totals)
+        if total == 0:
+            # Block the loop past the check's 10 ms sleep, as a busy loop or a stopped
+            # daemon would: it wakes at least 100 ms after this reading.
+            asyncio.get_running_loop().call_soon(time.sleep, 0.1)
+        else:
+            second_reading.set()
+        return _pressure(total)
+
+    spec = TriggerSpec(Resource.MEMORY, "some", 150_000, 2_000_000)
+    armed = ArmedTrigger("some", "/x/memory.pressure", spec, spec, None)
+    check = StarvationCheck(
+        scope="/x",
+        interval_s=0.01,
+        read_pressure=read_pressure,
+        armed=lambda: (armed,),
+        fired=lambda: 0,
+        on_starved=events.append,
+    )
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(check.run())
+        await asyncio.wait_for(second_reading.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    run_async(scenario())
+    assert events == []
