@@ -83,8 +83,8 @@ def frequent_reader(pressure_path: Path) -> Iterator[str]:
 def run_starvation_scenario(thrash_file: str, config_dir: Path) -> str:
     """Thrash a fresh scratch group watched by the daemon while a 5 ms reader reads its
     memory.pressure; check what the daemon did. Return "starved" when the daemon reported the
-    starvation and killed on it, or "trigger fired" when the kernel's trigger fired first and
-    the daemon killed on it without a starvation report (the reader lost a race; see
+    starvation and killed on it, or "trigger fired" when a kernel trigger on that file fired
+    first and the daemon killed on it without a starvation report (the reader lost a race; see
     ATTEMPTS). Anything else fails the test."""
     evict_from_cache(thrash_file)
     with ScratchGroup(64 << 20) as scratch:
@@ -94,20 +94,28 @@ def run_starvation_scenario(thrash_file: str, config_dir: Path) -> str:
                 'cgroup = "', 'starvation_check_s = 10\ncgroup = "', 1
             ),
         )
-        with frequent_reader(scratch.group.pressure_path()), Daemon(config) as daemon:
-            daemon.wait_for("controller.ready", 20)
+        with frequent_reader(scratch.group.pressure_path()) as policy, Daemon(config) as daemon:
+            print(f"starvation scenario: reader scheduled {policy}")
+            # Generous bounds on waiting, not on speed: start-up during another job's fork storm
+            # (load average 400 here) takes many seconds.
+            daemon.wait_for("controller.ready", 60)
             thrasher = scratch.spawn_workload("thrash", thrash_file)
             first = daemon.wait_for(("trigger.starved", "victim.killed"), 35)
             if first["event"] == "victim.killed":
                 assert first["pid"] == thrasher.pid
-                assert first["kill_reason"] == "stall", first
+                # The scope's trigger fired, or the watchdog's own trigger on the same file did
+                # while the loop was too starved of CPU to answer: either way a trigger beat
+                # the reader.
+                assert first["kill_reason"] in ("stall", "watchdog"), first
                 assert thrasher.wait(10) == -signal.SIGKILL
                 assert daemon.events("trigger.starved") == []
                 daemon.stop()
                 return "trigger fired"
             assert first["scope"] == scratch.path
             assert first["stall_ratio"] >= first["trigger_ratio"]
-            killed = daemon.wait_for("victim.killed", 15)
+            # Up to the next check: a starvation event that waited too long in a CPU-starved
+            # daemon is dropped as old news, and the next check reports again.
+            killed = daemon.wait_for("victim.killed", 30)
             assert killed["pid"] == thrasher.pid
             assert killed["kill_reason"] == "starved_trigger", killed
             assert thrasher.wait(10) == -signal.SIGKILL
