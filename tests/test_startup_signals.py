@@ -49,15 +49,16 @@ def _assert_stopped_by_sigterm(daemon: Daemon, code: int) -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.04, 0.06, 0.1, 0.15, 0.3])
 def test_sigterm_at_any_moment_of_start_up_stops_cleanly_with_status_0(
-    scratch: ScratchGroup, tmp_path: Path, delay_s: float
+    scratch: ScratchGroup, tmp_path: Path, delay_s: float, loop: str
 ) -> None:
     """SIGTERM at fixed delays after the first log line (importing the daemon, arming,
-    starting HTTP, or just ready): status 0 and a line saying SIGTERM stopped it, and the
-    process always ends (no thread or armed trigger keeps it alive)."""
+    starting HTTP, or just ready), on both loops: status 0 and a line saying SIGTERM stopped
+    it, and the process always ends (no thread or armed trigger keeps it alive)."""
     config = write_config(tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path))
-    with Daemon(config) as daemon:
+    with Daemon(config, "--loop", loop) as daemon:
         daemon.wait_for("daemon.starting", 30)
         time.sleep(delay_s)
         daemon.signal(signal.SIGTERM)
