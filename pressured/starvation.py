@@ -13,6 +13,7 @@ scope does not run the check for them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -44,21 +45,27 @@ class StarvationCheck:
 
     async def run(self) -> None:
         """Check every ``interval_s`` until cancelled."""
-        last = self._read_pressure()
-        last_fired = self._fired()
+        last, last_at, last_fired = self._read_pressure(), time.monotonic(), self._fired()
         while True:
             await asyncio.sleep(self.interval_s)
-            current = self._read_pressure()
-            fired = self._fired()
+            current, now, fired = self._read_pressure(), time.monotonic(), self._fired()
             if current is not None and last is not None and fired == last_fired:
-                event = self.starved(last, current)
+                event = self.starved(last, current, now - last_at)
                 if event is not None:
                     self._on_starved(event)
-            last, last_fired = current, fired
+            last, last_at, last_fired = current, now, fired
 
-    def starved(self, last: psi.Pressure, current: psi.Pressure) -> PressureEvent | None:
-        """The event to act on when a level's stall grew past its trigger's ratio between
-        two readings with no trigger event in between, or None."""
+    def starved(
+        self, last: psi.Pressure, current: psi.Pressure, elapsed_s: float
+    ) -> PressureEvent | None:
+        """The event to act on when a level's stall grew past its trigger's ratio over the
+        ``elapsed_s`` between two readings with no trigger event in between, or None.
+
+        The ratio is taken over the time that really passed, not the nominal interval: a
+        check that wakes late (a busy loop, a frozen or stopped daemon) would otherwise divide
+        the stall of a longer stretch by a shorter one and report starvation, and act, on a
+        stall below the trigger's threshold.
+        """
         for armed in self._armed():
             now_line, then_line = (
                 current.line(armed.effective.kind),
@@ -66,7 +73,7 @@ class StarvationCheck:
             )
             if now_line is None or then_line is None:
                 continue
-            ratio = (now_line.total_us - then_line.total_us) / (self.interval_s * 1e6)
+            ratio = (now_line.total_us - then_line.total_us) / (elapsed_s * 1e6)
             if ratio < armed.effective.stall_ratio:
                 continue
             log.error(
@@ -76,6 +83,7 @@ class StarvationCheck:
                 stall_ratio=round(ratio, 4),
                 trigger_ratio=round(armed.effective.stall_ratio, 4),
                 interval_s=self.interval_s,
+                elapsed_s=round(elapsed_s, 3),
                 privileged=False,
                 detail="stall grew past the trigger's threshold but no event came: "
                 "something reading this pressure file often (a monitoring agent?) "

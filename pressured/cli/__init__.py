@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from pressured import __version__
+from pressured.cli import startsignals
 
 # pydantic looks for plugins of its own in every installed distribution's metadata the first
 # time a model is built: dozens of file reads before the daemon arms its triggers, each a disk
@@ -76,20 +77,25 @@ def _chosen(argv: Sequence[str]) -> str | None:
     return None
 
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        # Ctrl-C while a subcommand is still importing or starting: a clean stop, not a crash.
-        return EXIT_INTERRUPTED
-
-
-def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    parser, modules = build_parser(_chosen(words))
+    chosen = _chosen(words)
+    # For `run`, before the daemon's modules are imported (a fifth of a second, much more on
+    # a thrashing host): a SIGTERM from here on stops start-up cleanly instead of killing the
+    # process mid-way.
+    previous = startsignals.install() if chosen == "run" else {}
+    try:
+        return _main(words, chosen)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C or SIGTERM while a subcommand is still importing or starting: a clean stop,
+        # not a crash.
+        return startsignals.exit_status(interrupt)
+    finally:
+        startsignals.restore(previous)
+
+
+def _main(words: list[str], chosen: str | None) -> int:
+    parser, modules = build_parser(chosen)
     args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()

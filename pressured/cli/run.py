@@ -6,15 +6,13 @@ import argparse
 import contextlib
 import functools
 import os
-import signal
 import sys
-import threading
-from types import FrameType
 from typing import NoReturn
 
 import structlog
 
 from pressured import __version__
+from pressured.cli import startsignals
 from pressured.cli.common import (
     add_config_arguments,
     config_path,
@@ -25,8 +23,6 @@ from pressured.config import Settings
 from pressured.errors import ConfigError, PressuredError, UnsafeFileError
 from pressured.logs import configure_logging
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
-
 EPILOG = """\
 examples:
   pressured run                          watch the whole system on the built-in defaults
@@ -34,10 +30,10 @@ examples:
   pressured run -c /etc/pressured/pressured.toml --log-format console
 
 signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces); SIGHUP re-reads the
-configuration file and keeps the running one if the new one is invalid. SIGINT (Ctrl-C) before
-the controller is ready stops start-up cleanly and nothing stays armed.
-exit codes: 0 stopped cleanly, 1 runtime failure, 2 invalid configuration (nothing armed),
-130 interrupted during start-up.
+configuration file and keeps the running one if the new one is invalid. SIGTERM or SIGINT
+(Ctrl-C) before the controller is ready stops start-up cleanly and nothing stays armed.
+exit codes: 0 stopped cleanly (SIGTERM at any moment), 1 runtime failure, 2 invalid
+configuration (nothing armed), 130 interrupted by Ctrl-C during start-up.
 """
 
 
@@ -62,31 +58,27 @@ def announce(settings: Settings, config: str | None) -> None:
         logger.warning("daemon.dry_run", detail="decides and logs victims, sends no signal")
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    # Ctrl-C can land anywhere while loading the configuration, importing or arming; each
-    # step that set something up undoes it on the way out (the controller disarms, threads
-    # stop), so here it only remains to exit without a traceback.
+    # Ctrl-C or SIGTERM can land anywhere while loading the configuration, importing or
+    # arming; each step that set something up undoes it on the way out (the controller
+    # disarms, threads stop), so here it only remains to say so and exit without a traceback
+    # (pressured.cli.startsignals).
     #
     # Our own SIGINT handler (it raises at once, like Python's default one) also keeps
     # asyncio.Runner from installing its own, which only cancels the main task on the first
     # Ctrl-C: a start-up step that does not await (a policy plugin's import, a slow read)
-    # would ignore it until done. Once running, the controller's loop handler takes over and
-    # stops gracefully.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, _interrupt)
+    # would ignore it until done. Once running, the controller's loop handlers take over and
+    # stop gracefully.
+    previous = startsignals.install()
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        structlog.get_logger("pressured").info("daemon.interrupted")
-        _exit_now(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as interrupt:
+        structlog.get_logger("pressured").info(
+            "daemon.interrupted", signal=startsignals.signal_name(interrupt)
+        )
+        _exit_now(startsignals.exit_status(interrupt))
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        startsignals.restore(previous)
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -1,0 +1,171 @@
+"""SIGTERM while ``pressured run`` starts (a ``systemctl stop`` or a pod deletion during
+start-up), as a real process: start-up unwinds, the log says why it stopped, and the status is
+the 0 of a requested stop, as it is once the daemon runs. The old code left SIGTERM at its
+default disposition until the controller was ready: the process died on the spot (status -15)
+with no line saying why."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pressured.testing.daemon import Daemon, scope_config, write_config
+from pressured.testing.scratch import ScratchGroup
+
+EXIT_STOPPED = 0
+
+SLOW_POLICY = """\
+import os
+import time
+
+from pressured.policies.base import BasePolicy
+
+# Tells the test that start-up has reached policy loading, then stays there, never awaiting.
+open(os.environ["STARTUP_TEST_MARKER"], "w").close()
+time.sleep(60)
+
+
+class SlowPolicy(BasePolicy):
+    name = "slow"
+"""
+
+
+def _assert_stopped_by_sigterm(daemon: Daemon, code: int) -> None:
+    """Exit 0 without a traceback, and a log line naming SIGTERM as the reason: the start-up
+    interruption before controller.ready, the graceful stop's signal.received after it."""
+    stderr = daemon.stderr_text()
+    assert code == EXIT_STOPPED, (code, daemon.raw[-5:], stderr)
+    assert "Traceback" not in stderr, stderr
+    assert all("Traceback" not in raw for raw in daemon.raw), daemon.raw
+    said = "signal.received" if daemon.events("controller.ready") else "daemon.interrupted"
+    assert [line.get("signal") for line in daemon.events(said)] == ["SIGTERM"], daemon.raw
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.04, 0.06, 0.1, 0.15, 0.3])
+def test_sigterm_at_any_moment_of_start_up_stops_cleanly_with_status_0(
+    scratch: ScratchGroup, tmp_path: Path, delay_s: float, loop: str
+) -> None:
+    """SIGTERM at fixed delays after the first log line (importing the daemon, arming,
+    starting HTTP, or just ready), on both loops: status 0 and a line saying SIGTERM stopped
+    it, and the process always ends (no thread or armed trigger keeps it alive)."""
+    config = write_config(tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path))
+    with Daemon(config, "--loop", loop) as daemon:
+        daemon.wait_for("daemon.starting", 30)
+        time.sleep(delay_s)
+        daemon.signal(signal.SIGTERM)
+        code = daemon._running().wait(15)
+    _assert_stopped_by_sigterm(daemon, code)
+
+
+@pytest.mark.kernel
+def test_sigterm_while_a_policy_plugin_loads_stops_at_once_with_status_0(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """SIGTERM during a start-up step that never awaits (a plugin's 60 s import) ends start-up
+    at once, before any trigger is armed."""
+    plugin = tmp_path / "slow_policy.py"
+    plugin.write_text(SLOW_POLICY)
+    plugin.chmod(0o600)
+    marker = tmp_path / "importing"
+    policies = f'[[scopes.policies]]\nname = "{plugin}:SlowPolicy"\n'
+    config = write_config(
+        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
+    )
+    with Daemon(config, env={"STARTUP_TEST_MARKER": str(marker)}) as daemon:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert daemon._running().poll() is None, daemon.stderr_text()
+            assert time.monotonic() < deadline, "start-up never reached the plugin"
+            time.sleep(0.01)
+        daemon.signal(signal.SIGTERM)
+        code = daemon._running().wait(10)  # well before the plugin's 60 s sleep ends
+    _assert_stopped_by_sigterm(daemon, code)
+    assert not daemon.events("trigger.armed")
+
+
+def _open_writer_when_read(fifo: Path, deadline: float) -> int:
+    """The FIFO's write end, once the daemon has opened the read end (ENXIO until then)."""
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+@pytest.mark.kernel
+def test_sigterm_while_reading_the_configuration_stops_with_status_0(tmp_path: Path) -> None:
+    """SIGTERM while the configuration file is still being read (a FIFO nobody writes):
+    status 0, no traceback. Logging is not configured yet, so no JSON line is expected."""
+    fifo = tmp_path / "pressured.toml"
+    os.mkfifo(fifo, 0o600)
+    with Daemon(fifo) as daemon:
+        writer = _open_writer_when_read(fifo, time.monotonic() + 30)
+        try:
+            time.sleep(0.1)  # the daemon is now blocked in read(): nothing was written
+            daemon.signal(signal.SIGTERM)
+            code = daemon._running().wait(10)
+        finally:
+            os.close(writer)
+    stderr = daemon.stderr_text()
+    assert code == EXIT_STOPPED, (code, daemon.raw, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert any("daemon.interrupted" in raw and "SIGTERM" in raw for raw in daemon.raw), daemon.raw
+
+
+SLOW_DAEMON_IMPORT = """\
+import importlib.abc
+import os
+import sys
+import time
+
+
+class SlowRunModule(importlib.abc.MetaPathFinder):
+    # Stands for the daemon's imports on a thrashing host, where each module is a disk read.
+    def find_spec(self, name, path, target=None):
+        if name == "pressured.cli.run":
+            open(os.environ["STARTUP_TEST_MARKER"], "w").close()
+            time.sleep(60)
+        return None
+
+
+sys.meta_path.insert(0, SlowRunModule())
+from pressured.cli import main
+
+sys.exit(main(["run", "--dry-run"]))
+"""
+
+
+def test_sigterm_while_the_daemon_modules_import_stops_with_status_0(tmp_path: Path) -> None:
+    """SIGTERM while `pressured run` still imports its own modules (before the run command's
+    code exists): status 0, no traceback, at once."""
+    marker = tmp_path / "importing"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_DAEMON_IMPORT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "STARTUP_TEST_MARKER": str(marker)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "never reached the daemon's imports"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)  # well before the 60 s import ends
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == EXIT_STOPPED, (proc.returncode, stderr)
+    assert b"Traceback" not in stderr, stderr
