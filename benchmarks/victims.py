@@ -54,7 +54,7 @@ class Outcome:
     """Onset -> every thrashing culprit gone; None when that did not happen in time."""
     first_target: str | None
     decision_ms: list[float] = field(default_factory=list)
-    """event -> decision of each kill (the first includes the culprit's 200 ms resample)."""
+    """event -> decision of each kill (the first includes the culprit's 100 ms resample)."""
     note: str = ""
     skipped: bool = False
     """Not run at all (``note`` says why): neither right nor wrong."""
@@ -150,7 +150,7 @@ def run_one(scenario_name: str, policy: str, thrash_file: str, timeout_s: float)
 
 
 def resample_cost() -> dict[str, float]:
-    """What the short second sample costs beyond its 200 ms wait, over every process here."""
+    """What the short second sample costs beyond its 100 ms wait, over every process here."""
     from pressured.events import EventSource, PressureEvent
     from pressured.history import ProcessHistory
     from pressured.snapshot import take_snapshot
@@ -240,7 +240,7 @@ def run(
     latency = Table(
         "victims_decision",
         "Event -> decision of the first kill (ms, median over scenarios; the default chain "
-        "includes its 200 ms second sample when history is missing)",
+        "includes its 100 ms second sample when history is missing)",
         ["policy", "median ms", "runs"],
         [
             [policy, f"{statistics.median(values):.0f}" if values else "-", str(len(values))]
@@ -261,7 +261,7 @@ def run(
     section.tables = [table, latency]
     section.notes = [
         f"load average before: {load_before}, after: {load_average()}",
-        f"second sample beyond its 200 ms wait: {cost['extra_ms']} ms for "
+        f"second sample beyond its 100 ms wait: {cost['extra_ms']} ms for "
         f"{cost['processes']} processes ({cost['per_process_us']} us each)",
         f"timeout per run {timeout_s:g} s; swap on host: {has_swap}",
     ]
