@@ -4,6 +4,7 @@ stops cleanly, and ``--dry-run`` is the first thing the log says."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -170,11 +171,10 @@ class SlowPolicy(BasePolicy):
 """
 
 
-@pytest.mark.kernel
-def test_ctrl_c_while_a_policy_plugin_loads_exits_130_without_traceback(
-    scratch: ScratchGroup, tmp_path: Path
-) -> None:
-    """Ctrl-C during a start-up step that never awaits (a plugin's import) stops at once."""
+@contextlib.contextmanager
+def daemon_in_a_plugin_import(scratch: ScratchGroup, tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon whose start-up is held in a policy plugin's 60 s import (a step that never
+    awaits), yielded once it is there; stopped on the way out."""
     plugin = tmp_path / "slow_policy.py"
     plugin.write_text(SLOW_POLICY)
     plugin.chmod(0o600)
@@ -189,6 +189,15 @@ def test_ctrl_c_while_a_policy_plugin_loads_exits_130_without_traceback(
             assert daemon._running().poll() is None, daemon.stderr_text()
             assert time.monotonic() < deadline, "start-up never reached the plugin"
             time.sleep(0.01)
+        yield daemon
+
+
+@pytest.mark.kernel
+def test_ctrl_c_while_a_policy_plugin_loads_exits_130_without_traceback(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """Ctrl-C during a start-up step that never awaits (a plugin's import) stops at once."""
+    with daemon_in_a_plugin_import(scratch, tmp_path) as daemon:
         daemon.signal(signal.SIGINT)
         code = daemon._running().wait(10)  # well before the plugin's 60 s sleep ends
     _assert_clean_exit(daemon, code)
@@ -207,21 +216,30 @@ def _open_writer_when_read(fifo: Path, deadline: float) -> int:
             time.sleep(0.01)
 
 
-@pytest.mark.kernel
-def test_ctrl_c_while_reading_the_configuration_exits_130_without_traceback(
-    tmp_path: Path,
-) -> None:
-    """Ctrl-C while the configuration file is still being read (a FIFO nobody writes)."""
+def signalled_while_reading_the_configuration(
+    tmp_path: Path, signum: signal.Signals
+) -> tuple[Daemon, int]:
+    """A daemon given a FIFO nobody writes as its configuration, sent ``signum`` while it
+    waits in read(); the daemon and its exit status."""
     fifo = tmp_path / "pressured.toml"
     os.mkfifo(fifo, 0o600)
     with Daemon(fifo) as daemon:
         writer = _open_writer_when_read(fifo, time.monotonic() + 30)
         try:
             time.sleep(0.1)  # the daemon is now blocked in read(): nothing was written
-            daemon.signal(signal.SIGINT)
+            daemon.signal(signum)
             code = daemon._running().wait(10)
         finally:
             os.close(writer)
+    return daemon, code
+
+
+@pytest.mark.kernel
+def test_ctrl_c_while_reading_the_configuration_exits_130_without_traceback(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while the configuration file is still being read (a FIFO nobody writes)."""
+    daemon, code = signalled_while_reading_the_configuration(tmp_path, signal.SIGINT)
     _assert_clean_exit(daemon, code)
     assert code == EXIT_INTERRUPTED
 

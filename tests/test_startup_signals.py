@@ -6,7 +6,6 @@ with no line saying why."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -18,23 +17,12 @@ import pytest
 
 from pressured.testing.daemon import Daemon, scope_config, write_config
 from pressured.testing.scratch import ScratchGroup
+from tests.test_startup import (
+    daemon_in_a_plugin_import,
+    signalled_while_reading_the_configuration,
+)
 
 EXIT_STOPPED = 0
-
-SLOW_POLICY = """\
-import os
-import time
-
-from pressured.policies.base import BasePolicy
-
-# Tells the test that start-up has reached policy loading, then stays there, never awaiting.
-open(os.environ["STARTUP_TEST_MARKER"], "w").close()
-time.sleep(60)
-
-
-class SlowPolicy(BasePolicy):
-    name = "slow"
-"""
 
 
 def _assert_stopped_by_sigterm(daemon: Daemon, code: int) -> None:
@@ -72,51 +60,18 @@ def test_sigterm_while_a_policy_plugin_loads_stops_at_once_with_status_0(
 ) -> None:
     """SIGTERM during a start-up step that never awaits (a plugin's 60 s import) ends start-up
     at once, before any trigger is armed."""
-    plugin = tmp_path / "slow_policy.py"
-    plugin.write_text(SLOW_POLICY)
-    plugin.chmod(0o600)
-    marker = tmp_path / "importing"
-    policies = f'[[scopes.policies]]\nname = "{plugin}:SlowPolicy"\n'
-    config = write_config(
-        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
-    )
-    with Daemon(config, env={"STARTUP_TEST_MARKER": str(marker)}) as daemon:
-        deadline = time.monotonic() + 30
-        while not marker.exists():
-            assert daemon._running().poll() is None, daemon.stderr_text()
-            assert time.monotonic() < deadline, "start-up never reached the plugin"
-            time.sleep(0.01)
+    with daemon_in_a_plugin_import(scratch, tmp_path) as daemon:
         daemon.signal(signal.SIGTERM)
         code = daemon._running().wait(10)  # well before the plugin's 60 s sleep ends
     _assert_stopped_by_sigterm(daemon, code)
     assert not daemon.events("trigger.armed")
 
 
-def _open_writer_when_read(fifo: Path, deadline: float) -> int:
-    """The FIFO's write end, once the daemon has opened the read end (ENXIO until then)."""
-    while True:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 @pytest.mark.kernel
 def test_sigterm_while_reading_the_configuration_stops_with_status_0(tmp_path: Path) -> None:
     """SIGTERM while the configuration file is still being read (a FIFO nobody writes):
     status 0, no traceback. Logging is not configured yet, so no JSON line is expected."""
-    fifo = tmp_path / "pressured.toml"
-    os.mkfifo(fifo, 0o600)
-    with Daemon(fifo) as daemon:
-        writer = _open_writer_when_read(fifo, time.monotonic() + 30)
-        try:
-            time.sleep(0.1)  # the daemon is now blocked in read(): nothing was written
-            daemon.signal(signal.SIGTERM)
-            code = daemon._running().wait(10)
-        finally:
-            os.close(writer)
+    daemon, code = signalled_while_reading_the_configuration(tmp_path, signal.SIGTERM)
     stderr = daemon.stderr_text()
     assert code == EXIT_STOPPED, (code, daemon.raw, stderr)
     assert "Traceback" not in stderr, stderr

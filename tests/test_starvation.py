@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,17 +153,37 @@ def _pressure(some_total_us: int) -> Pressure:
     return Pressure(PressureLine(0.0, 0.0, 0.0, some_total_us), None)
 
 
-def _check(events: list[PressureEvent]) -> StarvationCheck:
+def _check(
+    events: list[PressureEvent],
+    *,
+    interval_s: float = 10.0,
+    read_pressure: Callable[[], Pressure | None] = lambda: None,
+    fired: Callable[[], int] = lambda: 0,
+) -> StarvationCheck:
     spec = TriggerSpec(Resource.MEMORY, "some", 150_000, 2_000_000)
     armed = ArmedTrigger("some", "/x/memory.pressure", spec, spec, None)
     return StarvationCheck(
         scope="/x",
-        interval_s=10.0,
-        read_pressure=lambda: None,
+        interval_s=interval_s,
+        read_pressure=read_pressure,
         armed=lambda: (armed,),
-        fired=lambda: 0,
+        fired=fired,
         on_starved=events.append,
     )
+
+
+def _run_until(run_async: RunAsync, check: StarvationCheck, done: asyncio.Event) -> None:
+    """Run ``check``'s loop until ``done`` is set (the check judges a reading before it next
+    sleeps, so by then the reading that set it has been judged), then stop it."""
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(check.run())
+        await asyncio.wait_for(done.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    run_async(scenario())
 
 
 def test_stall_past_the_trigger_ratio_without_events_is_starvation() -> None:
@@ -197,27 +217,10 @@ def test_stall_in_an_interval_with_a_trigger_event_is_not_starvation(run_async: 
             last_reading.set()
         return _pressure(totals[current])
 
-    spec = TriggerSpec(Resource.MEMORY, "some", 150_000, 2_000_000)
-    armed = ArmedTrigger("some", "/x/memory.pressure", spec, spec, None)
-    check = StarvationCheck(
-        scope="/x",
-        interval_s=0.01,
-        read_pressure=read_pressure,
-        armed=lambda: (armed,),
-        fired=lambda: fired[current],
-        on_starved=events.append,
+    check = _check(
+        events, interval_s=0.01, read_pressure=read_pressure, fired=lambda: fired[current]
     )
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(check.run())
-        # The check acts on a reading before it next sleeps, so once this wakes, the last
-        # reading has been judged.
-        await asyncio.wait_for(last_reading.wait(), 10)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    run_async(scenario())
+    _run_until(run_async, check, last_reading)
     assert [event.source for event in events] == [EventSource.STARVATION] * 2
 
 
@@ -241,23 +244,7 @@ def test_a_check_that_wakes_late_judges_the_stall_over_the_time_that_passed(
             second_reading.set()
         return _pressure(total)
 
-    spec = TriggerSpec(Resource.MEMORY, "some", 150_000, 2_000_000)
-    armed = ArmedTrigger("some", "/x/memory.pressure", spec, spec, None)
-    check = StarvationCheck(
-        scope="/x",
-        interval_s=0.01,
-        read_pressure=read_pressure,
-        armed=lambda: (armed,),
-        fired=lambda: 0,
-        on_starved=events.append,
+    _run_until(
+        run_async, _check(events, interval_s=0.01, read_pressure=read_pressure), second_reading
     )
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(check.run())
-        await asyncio.wait_for(second_reading.wait(), 10)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    run_async(scenario())
     assert events == []
