@@ -387,16 +387,17 @@ class ScopeRunner:
         ``decision_started`` so ``/healthz`` can name a scope stuck in it."""
         self.decision_started = time.monotonic()
         stages_of_scan = self.scan_stages()
-        read_for = [stages_of_scan[0]]  # the plan of the snapshot in hand
+        read_for = stages_of_scan[0]  # the plan of the snapshot in hand
 
         async def widen(index: int, current: Snapshot) -> Snapshot:
             """A policy that needs more than the snapshot in hand read gets a new one, taken
             when (and only when) the chain reaches it."""
+            nonlocal read_for
             plan = stages_of_scan[index]
-            if plan is read_for[0]:
+            if plan is read_for:
                 return current
             self.decision_phase = "snapshot"
-            read_for[0] = plan
+            read_for = plan
             try:
                 return await self.take_snapshot(event, plan)
             finally:
@@ -404,7 +405,7 @@ class ScopeRunner:
 
         try:
             self.decision_phase = "snapshot"
-            snapshot = await self.take_snapshot(event, stages_of_scan[0])
+            snapshot = await self.take_snapshot(event, read_for)
             stages.mark("snapshot")
             if snapshot.scan_started_monotonic_ns:
                 started = snapshot.scan_started_monotonic_ns

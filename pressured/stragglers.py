@@ -18,7 +18,13 @@ import os
 from collections.abc import Callable, Collection
 
 from pressured.errors import ParseError
-from pressured.kernel.procfs import PF_KTHREAD, ProcessRecord, parse_stat, read_process
+from pressured.kernel.procfs import (
+    PF_KTHREAD,
+    ProcessRecord,
+    list_pids,
+    parse_stat,
+    read_process,
+)
 
 Protection = Callable[[ProcessRecord], "str | None"]
 
@@ -43,13 +49,10 @@ def find_stragglers(
     found: list[tuple[int, int]] = []
     own = os.getpid()
     try:
-        names = os.listdir(proc_root)
+        pids = list_pids(proc_root)
     except OSError:
         return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in pids:
         if pid in known or pid in (1, own):
             continue
         try:

@@ -98,6 +98,19 @@ def test_busy_port_is_a_config_error_before_anything_is_armed(
     assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
 
 
+def _refused_journal(scratch: ScratchGroup, tmp_path: Path, journal: str) -> str:
+    """Start a daemon whose journal is ``journal``; assert it exits 2 (invalid configuration)
+    with nothing armed, and return its stderr."""
+    config = write_config(
+        tmp_path / "p.toml",
+        scope_config(scratch.path, scratch.memcg_path) + f'\n[journal]\npath = "{journal}"\n',
+    )
+    with Daemon(config) as daemon:
+        assert daemon._running().wait(30) == EXIT_CONFIG
+    assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
+    return daemon.stderr_text()
+
+
 @pytest.mark.kernel
 def test_unwritable_journal_is_a_config_error_before_anything_is_armed(
     scratch: ScratchGroup, tmp_path: Path
@@ -105,15 +118,8 @@ def test_unwritable_journal_is_a_config_error_before_anything_is_armed(
     """A journal path under a regular file (ENOTDIR even for root) stops start-up, exit 2."""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    config = write_config(
-        tmp_path / "p.toml",
-        scope_config(scratch.path, scratch.memcg_path)
-        + f'\n[journal]\npath = "{blocker}/kills.jsonl"\n',
-    )
-    with Daemon(config) as daemon:
-        assert daemon._running().wait(30) == EXIT_CONFIG
-    assert "journal.path" in daemon.stderr_text()
-    assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
+    stderr = _refused_journal(scratch, tmp_path, f"{blocker}/kills.jsonl")
+    assert "journal.path" in stderr
 
 
 @pytest.mark.kernel
@@ -125,15 +131,8 @@ def test_journal_in_a_directory_others_can_write_stops_start_up_before_arming(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    config = write_config(
-        tmp_path / "p.toml",
-        scope_config(scratch.path, scratch.memcg_path)
-        + f'\n[journal]\npath = "{shared}/kills.jsonl"\n',
-    )
-    with Daemon(config) as daemon:
-        assert daemon._running().wait(30) == EXIT_CONFIG
-    assert "writable by group or others" in daemon.stderr_text()
-    assert not [line for line in daemon.lines if line.get("event") in ARMING_EVENTS]
+    stderr = _refused_journal(scratch, tmp_path, f"{shared}/kills.jsonl")
+    assert "writable by group or others" in stderr
     assert not (shared / "kills.jsonl").exists()
 
 

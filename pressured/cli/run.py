@@ -61,15 +61,14 @@ def announce(settings: Settings, config: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     # Ctrl-C or SIGTERM can land anywhere while loading the configuration, importing or
     # arming; each step that set something up undoes it on the way out (the controller
-    # disarms, threads stop), so here it only remains to say so and exit without a traceback
-    # (pressured.cli.startsignals).
+    # disarms, threads stop), so here it only remains to say so and exit without a traceback.
     #
-    # Our own SIGINT handler (it raises at once, like Python's default one) also keeps
-    # asyncio.Runner from installing its own, which only cancels the main task on the first
-    # Ctrl-C: a start-up step that does not await (a policy plugin's import, a slow read)
-    # would ignore it until done. Once running, the controller's loop handlers take over and
-    # stop gracefully.
-    previous = startsignals.install()
+    # The handlers that raise are installed by the command's entry point before this module
+    # is even imported (pressured.cli.main, pressured.cli.startsignals). Raising at once,
+    # like Python's default SIGINT handler, they also keep asyncio.Runner from installing its
+    # own, which only cancels the main task on the first Ctrl-C: a start-up step that does
+    # not await (a policy plugin's import, a slow read) would ignore it until done. Once
+    # running, the controller's loop handlers take over and stop gracefully.
     try:
         return _run(args)
     except KeyboardInterrupt as interrupt:
@@ -77,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
             "daemon.interrupted", signal=startsignals.signal_name(interrupt)
         )
         _exit_now(startsignals.exit_status(interrupt))
-    finally:
-        startsignals.restore(previous)
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -110,14 +110,14 @@ def _descending(
     swap_in_use: int,
     lines: Mapping[int, procfs.StatLine],
     *,
-    read_lines: Callable[[list[int]], Mapping[int, procfs.StatLine]] | None = None,
+    read_lines: Callable[[list[int]], None] | None = None,
 ) -> Iterator[tuple[Order, int]]:
     """(bound, pid) from the highest bound down. Equal first bounds come in no particular
     order, unless the key gives its whole sort key (``RankKey.order``): then ties are ordered
     by a bound on the tie-breaks too (resident + swap in use, start time, PID) from a stat
     line, so a thousand processes of one oom_score are not all read in full. The lines come
     from the scan's stat skim, or (without one) from ``read_lines`` for each group of ties,
-    which adds what it read to ``lines`` (a dict then) for the scores to match the bounds."""
+    which adds what it reads to ``lines``, so the scores match the bounds."""
     if key.bound is Bound.SWAP:
         bound = float(swap_in_use + key.slack)
         yield from (((bound,), pid) for pid in pids)
@@ -136,8 +136,8 @@ def _descending(
         return
     for value, group in itertools.groupby(ranked, key=values.__getitem__):
         tied = list(group)
-        if len(tied) > 1 and read_lines is not None and isinstance(lines, dict):
-            lines.update(read_lines([pid for pid in tied if pid not in lines]))
+        if len(tied) > 1 and read_lines is not None:
+            read_lines([pid for pid in tied if pid not in lines])
         bounds = [((value + extra, *_tie_bound(pid, lines, swap_in_use)), pid) for pid in tied]
         bounds.sort(reverse=True)
         yield from bounds
@@ -146,7 +146,7 @@ def _descending(
 def _orders_ties(
     key: RankKey,
     lines: Mapping[int, procfs.StatLine],
-    read_lines: Callable[[list[int]], Mapping[int, procfs.StatLine]] | None,
+    read_lines: Callable[[list[int]], None] | None,
 ) -> bool:
     """Whether ``key``'s ties are ordered by stat lines (and its scores are whole orders)."""
     return (
@@ -242,13 +242,7 @@ def scan_two_phase(
     skimmed = max((len(result.values) for result in skims.values()), default=0)
     read_lines = None
     if not lines:
-        # No stat skim: ties at the top get their stat lines read (fresh opens: a kept
-        # stat file holds every process of a family key's skim, not a few ties).
-        lines = {}
-
-        def read_lines(tied: list[int]) -> Mapping[int, procfs.StatLine]:
-            return default_skim(proc_root, tied, "stat", deadline, clock).lines
-
+        lines, read_lines = _tie_lines(proc_root, deadline, clock)
     for key in keys:
         order = _descending(key, skims, pids, swap_in_use, lines, read_lines=read_lines)
         read_all = _read_key(
@@ -289,6 +283,20 @@ def scan_two_phase(
         previous=samples_of(then, processes),
         sampled_ns=sampled_ns,
     )
+
+
+def _tie_lines(
+    proc_root: str, deadline: float | None, clock: Callable[[], float]
+) -> tuple[dict[int, procfs.StatLine], Callable[[list[int]], None]]:
+    """Without a stat skim: an empty table of stat lines, and the reader that adds those of a
+    group of ties at the top to it (fresh opens: a kept stat file holds every process of a
+    family key's skim, not a few ties)."""
+    lines: dict[int, procfs.StatLine] = {}
+
+    def read_lines(tied: list[int]) -> None:
+        lines.update(default_skim(proc_root, tied, "stat", deadline, clock).lines)
+
+    return lines, read_lines
 
 
 def _read_key(
