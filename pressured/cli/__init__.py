@@ -86,9 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = startsignals.install() if chosen == "run" else {}
     try:
         return _main(words, chosen)
-    except KeyboardInterrupt as interrupt:
+    except BaseException as exc:
         # Ctrl-C or SIGTERM while a subcommand is still importing or starting: a clean stop,
-        # not a crash.
+        # not a crash (even where Python wrapped it in another exception).
+        interrupt = startsignals.interruption(exc)
+        if interrupt is None:
+            raise
         return startsignals.exit_status(interrupt)
     finally:
         startsignals.restore(previous)

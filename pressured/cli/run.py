@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     # running, the controller's loop handlers take over and stop gracefully.
     try:
         return _run(args)
-    except KeyboardInterrupt as interrupt:
+    except BaseException as exc:
+        interrupt = startsignals.interruption(exc)
+        if interrupt is None:
+            raise
         structlog.get_logger("pressured").info(
             "daemon.interrupted", signal=startsignals.signal_name(interrupt)
         )
