@@ -50,9 +50,10 @@ from pressured.monitors.psi import ArmedTrigger, TriggerSet
 from pressured.observe import DecisionObserver, report_decision, report_scan
 from pressured.policies.base import Decision
 from pressured.policies.chain import ChainResult, PolicyChain
+from pressured.readprobe import RefaultGate, complete_read_rates, probe_for
 from pressured.scan.cmdline import CmdlineReader
 from pressured.scan.kept import KeptSkims, prewarm_scope, release_departed
-from pressured.scan.plan import ScanPlan, plan_for, plan_stages
+from pressured.scan.plan import FamilyKey, ScanPlan, need_of, plan_for, plan_stages
 from pressured.scan.stages import StageClock
 from pressured.snapshot import RecentKill, Snapshot, take_snapshot
 from pressured.starvation import StarvationCheck
@@ -140,6 +141,8 @@ class ScopeRunner:
         self.cmdlines = CmdlineReader(proc_root=proc_root)
         # Skim files kept open between events; a large skim reads half on the other I/O thread.
         self.kept_skims = KeptSkims(proc_root, helper=self.io)
+        # A read probe only while the scope refaults (pressured.readprobe).
+        self.read_gate = RefaultGate(lambda: read_refaults(self.group, self.proc_root))
         self.scan_deadline_s = 2.0
         self.scan_clock: Callable[[], float] = time.monotonic  # a seam for deadline tests
         self._dequeued_ns: int | None = None
@@ -284,6 +287,7 @@ class ScopeRunner:
         await asyncio.get_running_loop().run_in_executor(
             self.io, prewarm_scope, self.kept_skims, files, self.group, self.proc_root
         )
+        await asyncio.get_running_loop().run_in_executor(self.io, self.read_gate.mark)
         while True:
             event = await self.queue.get()
             self._dequeued_ns = time.monotonic_ns()
@@ -352,13 +356,19 @@ class ScopeRunner:
         an empty chain reads no process."""
         return plan_stages([link.policy for link in self.chain.links]) or [plan_for(())]
 
+    def _family_keys(self) -> list[FamilyKey]:
+        needs = (need_of(link.policy) for link in self.chain.links if not link.disabled)
+        return [need for need in needs if isinstance(need, FamilyKey)]
+
     async def take_snapshot(self, event: PressureEvent, plan: ScanPlan | None) -> Snapshot:
         loop = asyncio.get_running_loop()
         cgroup_path = self.settings.cgroup
         memcg = self.group.memcg_v1_path if self.group else None
         recent = self._recent_kills()
+        keys = self._family_keys()
 
         def _take() -> Snapshot:
+            probe = probe_for(keys, self.proc_root, self.read_gate)
             snapshot = take_snapshot(
                 event,
                 layout=self.layout,
@@ -373,10 +383,14 @@ class ScopeRunner:
                 plan=plan,
                 cmdlines=self.cmdlines,
                 kept=self.kept_skims,
+                read_probe=probe,
             )
-            # Growth needs history (or a short second sample); then say if protection keeps
-            # the largest consumer out of the choice.
-            return self.guard.review(self.history.complete(snapshot))
+            # Growth needs history (or a short second sample), a full scan's size fallback
+            # its storage reads; then say if protection keeps the largest consumer out.
+            completed = self.history.complete(snapshot)
+            if plan is None:
+                completed = complete_read_rates(completed, keys, probe)
+            return self.guard.review(completed)
 
         return await loop.run_in_executor(self.io, _take)
 

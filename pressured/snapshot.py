@@ -28,6 +28,7 @@ from pressured.protection import within
 from pressured.scan.cmdline import CmdlineReader, shared_reader
 from pressured.scan.kept import KeptSkims
 from pressured.scan.plan import ScanPlan
+from pressured.scan.reads import ReadProbe
 from pressured.scan.skim import skim as fresh_skim
 from pressured.scan.twophase import scan_two_phase
 
@@ -131,6 +132,10 @@ class Snapshot:
     rates_sampled: bool = False
     """True when the scan itself took :attr:`previous` (a stat skim against a kept or second
     reading, for a family policy): history must neither replace it nor sample again."""
+    read_rates: Mapping[tuple[int, int], int] | None = None
+    """Storage reads in bytes per second by process identity, where a read probe ran
+    (:mod:`pressured.scan.reads`: only when a family ranking found nobody faulting or growing
+    and the scope refaulted); None where none ran. A process absent from it read nothing."""
     protected: frozenset[int] = frozenset()
     """PIDs the guard will refuse (PID 1, us, kernel threads, adj -1000, configured
     protection). Left out of :attr:`candidates` so policies rank only what may die; the guard
@@ -229,6 +234,7 @@ def take_snapshot(
     cmdlines: CmdlineReader | Literal["shared", "inline"] = "shared",
     clock: Callable[[], float] = time.monotonic,
     kept: KeptSkims | None = None,
+    read_probe: ReadProbe | None = None,
 ) -> Snapshot:
     """Scan the scope in one synchronous call (run it on a worker thread). Never raises for
     what it reads: every OSError of procfs or cgroupfs becomes a :class:`ScanProblem`.
@@ -243,7 +249,8 @@ def take_snapshot(
     the process-wide :func:`~pressured.scan.cmdline.shared_reader`; ``"inline"`` reads them
     on this thread with no limit (only for tools that may block). ``kept`` keeps the skim's
     files open between scans (:mod:`pressured.scan.kept`). Past ``deadline_s`` the snapshot
-    holds what was read (``complete`` False) and policies still rank it.
+    holds what was read (``complete`` False) and policies still rank it. ``read_probe``
+    lets a family key measure storage reads where its ranking would fall back to size.
     """
     started_mono = time.monotonic_ns()
     started = time.perf_counter_ns()
@@ -312,6 +319,7 @@ def take_snapshot(
         earlier=None if kept is None else kept.earlier_stat,
         omitted=tuple(g.path for g in cgroups[1:] if g.omit),
         group_members=group_members,
+        read_probe=read_probe,
     )
     protected = frozenset(
         p.pid for p in scan.processes if protection is not None and protection(p) is not None
@@ -333,6 +341,7 @@ def take_snapshot(
         full_scan=plan is None,
         previous=scan.previous,
         rates_sampled=scan.sampled_ns is not None,
+        read_rates=scan.read_rates,
         taken_monotonic_ns=scan.sampled_ns or time.monotonic_ns(),
         scan_started_monotonic_ns=started_mono,
         cgroups_read_ns=cgroups_read_ns,

@@ -9,6 +9,7 @@ processes in a scratch cgroup (a faulting family, a large idle one, a grower).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import subprocess
@@ -34,7 +35,7 @@ from pressured.scan import skim
 from pressured.scan.cmdline import CmdlineReader
 from pressured.scan.families import stat_families
 from pressured.scan.kept import KeptSkims, prewarm_scope
-from pressured.scan.plan import FamilyKey, plan_for
+from pressured.scan.plan import FamilyKey, ScanPlan, plan_for
 from pressured.snapshot import Snapshot, take_snapshot
 from pressured.testing.scratch import ScratchGroup
 from tests.conftest import kernel_skip_reason
@@ -179,35 +180,14 @@ def test_family_fast_path_chooses_the_full_scans_victim_on_generated_trees(
     root = str(tmp_path)
     processes, rng = generated(tmp_path, seed, 300)
     busy = seed % 4 != 0  # every fourth tree stays quiet: the size rule decides
-    # The earlier reading: the full path's history remembers a full scan, the fast path's
-    # kept files their stat skim (as at arm time or at the previous event).
-    history = ProcessHistory(resample_s=0, min_interval_s=1e-9)
-    history.complete(take_snapshot(EVENT, layout=None, proc_root=root))
-    chain = PolicyChain.from_settings(DEFAULT_CHAIN, "policies")
-    planned = [
-        *((label, policy, plan_for([policy])) for label, policy in culprits()),
-        ("default chain", None, plan_for(link.policy for link in chain.links)),
-    ]
-    # One set of kept files per plan: each scan leaves its own reading behind, which the
-    # next scan of the same kept files would take its rates against.
-    kepts = [KeptSkims(root) for _ in planned]
-    try:
-        for kept in kepts:
-            prewarm_scope(kept, ("stat",), None, root)
+    with both_ways(root) as (history, planned):
         for process in processes:
             process.live(rng, busy)
             process.write(tmp_path)
         full = history.complete(take_snapshot(EVENT, layout=None, proc_root=root))
         assert full.previous or not busy
-        for (label, policy, plan), kept in zip(planned, kepts, strict=True):
-            fast = take_snapshot(
-                EVENT,
-                layout=None,
-                proc_root=root,
-                plan=plan,
-                cmdlines=CmdlineReader(proc_root=root),
-                kept=kept,
-            )
+        for label, policy, plan, kept in planned:
+            fast = fast_snapshot(root, plan, kept)
             assert fast.rates_sampled and not fast.full_scan
             if policy is None:
                 assert chain_choice(fast) == chain_choice(full)
@@ -220,8 +200,47 @@ def test_family_fast_path_chooses_the_full_scans_victim_on_generated_trees(
             if busy and label == "culprit":
                 # Not vacuous: the fast path left most full records unread.
                 assert len(fast.processes) < len(full.processes) // 2
+
+
+Planned = list[tuple[str, CulpritPolicy | None, ScanPlan, KeptSkims]]
+
+
+def fast_snapshot(root: str, plan: ScanPlan, kept: KeptSkims, **extra: Any) -> Snapshot:
+    """A planned scan of a generated tree against its kept files."""
+    return take_snapshot(
+        EVENT,
+        layout=None,
+        proc_root=root,
+        plan=plan,
+        cmdlines=CmdlineReader(proc_root=root),
+        kept=kept,
+        **extra,
+    )
+
+
+@contextlib.contextmanager
+def both_ways(root: str) -> Iterator[tuple[ProcessHistory, Planned]]:
+    """The earlier reading of a generated tree taken both ways: the full path's history
+    remembers a full scan, and each culprit variant and the default chain (policy None) gets
+    its plan and its own kept files with their stat skim (as at arm time or at the previous
+    event: each scan leaves its own reading behind, which the next scan of the same kept
+    files would take its rates against). The kept files are closed after."""
+    history = ProcessHistory(resample_s=0, min_interval_s=1e-9)
+    history.complete(take_snapshot(EVENT, layout=None, proc_root=root))
+    chain = PolicyChain.from_settings(DEFAULT_CHAIN, "policies")
+    policies: list[tuple[str, CulpritPolicy | None, ScanPlan | None]] = [
+        *((label, policy, plan_for([policy])) for label, policy in culprits()),
+        ("default chain", None, plan_for(link.policy for link in chain.links)),
+    ]
+    planned: Planned = []
+    try:
+        for label, policy, plan in policies:
+            assert plan is not None
+            planned.append((label, policy, plan, KeptSkims(root)))
+            prewarm_scope(planned[-1][3], ("stat",), None, root)
+        yield history, planned
     finally:
-        for kept in kepts:
+        for *_rest, kept in planned:
             kept.close()
 
 

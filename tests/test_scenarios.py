@@ -132,16 +132,15 @@ def test_hog_with_lower_adj_than_a_bystander_still_dies(thrash_file: str, tmp_pa
     assert kill["pid"] == staged.culprits[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known wrong kill (docs/design.md, Gaps): read(2) thrash makes no page faults, so "
-    "culprit sees no demand and falls back to size; the 60 MiB idle process dies first",
-)
 def test_read_thrasher_dies_before_the_idle_process(thrash_file: str, tmp_path: Path) -> None:
-    """The process re-reading a file through read(2) causes the stall; the idle one is left."""
+    """The process re-reading a file through read(2) since before the daemon started causes
+    the stall, with almost no page faults; the idle 60 MiB one is left (the size fallback
+    took it before culprit counted storage reads as demand)."""
     staged, kills, _ = _run("read-thrasher", thrash_file, tmp_path)
     kill = _the_one_kill(kills)
     assert kill["pid"] == staged.culprits[0]
+    assert kill["policy"] == "culprit"
+    assert "reading from storage" in kill["reason"], kill["reason"]
 
 
 def test_oomd_omit_xattr_is_read_and_the_group_never_chosen(scratch: ScratchGroup) -> None:

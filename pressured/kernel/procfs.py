@@ -121,6 +121,9 @@ class ScanResult:
     sampled_ns: int | None = None
     """When the records' rss and fault counts were read, where the scan took them from one
     stat skim (the rates' "now"); None otherwise."""
+    read_rates: Mapping[tuple[int, int], int] | None = None
+    """Storage reads in bytes per second of the records, by identity, where the scan ran a
+    read probe (:mod:`pressured.scan.reads`); None where it did not."""
 
 
 def _read(path: str, limit: int = _READ_CHUNK) -> bytes:

@@ -9,13 +9,22 @@ previous event, 0.1 to 5 s old, or else a second reading 100 ms after the first;
 
     faults  = (minor + major faults of its members) * page size / interval   # pages it touched
     growth  = (sum of members' RSS now - then) / interval                     # memory it took
-    demand  = max(faults, growth)                                             # bytes per second
+    reads   = members' storage reads (/proc/PID/io read_bytes) per second     # see below
+    demand  = max(faults, growth, reads)                                      # bytes per second
 
 The family with the highest ``demand`` dies, provided it reaches ``min_demand_mib_per_s``
 (1 MiB/s: a quiet process faults nothing, a page-cache thrasher tens of MiB/s, a grower at
 least its growth). When no family demands that much (no history, or a slow leak), the
 **largest** family (RSS + swap) dies. Ties: the larger family, then the younger root, then the
-higher PID. ``oom_score_adj`` plays no part beyond -1000 (never), and neither do names: a
+higher PID.
+
+``reads`` is measured only when it can change the answer: when no family faults or grows
+``min_demand_mib_per_s`` and the scope refaulted since the previous snapshot, the scan reads
+everyone's ``read_bytes`` twice, 100 ms apart (:mod:`pressured.scan.reads`). A process
+thrashing the page cache through ``read(2)`` makes almost no page faults; without this the
+size fallback killed an idle bystander beside it. Elsewhere ``reads`` is 0.
+
+``oom_score_adj`` plays no part beyond -1000 (never), and neither do names: a
 process can raise its adj and choose its name; what it faults and grows it cannot hide.
 
 Everything the ranking needs but eligibility is in ``/proc/PID/stat``, which takes no mmap
@@ -74,12 +83,19 @@ class FamilyFigures:
     growth_bytes_per_s: float
     majflt_per_s: float
     interval_s: float | None
-    """None when no member had an earlier sample: rates unknown."""
+    """None when no member had an earlier sample: fault and growth rates unknown."""
     group_some_avg10: float | None = None
+    read_bytes_per_s: int = 0
+    """What its members made the kernel fetch from storage, where a read probe ran."""
 
     @property
     def demand_bytes_per_s(self) -> float:
-        return max(self.fault_bytes_per_s, self.growth_bytes_per_s)
+        return max(self.fault_bytes_per_s, self.growth_bytes_per_s, self.read_bytes_per_s)
+
+    @property
+    def rated(self) -> bool:
+        """Whether any rate is known: an earlier sample, or reads seen by a probe."""
+        return self.interval_s is not None or self.read_bytes_per_s > 0
 
     def label(self) -> str:
         extra = f" +{len(self.members) - 1}" if len(self.members) > 1 else ""
@@ -87,14 +103,19 @@ class FamilyFigures:
 
     def evidence(self) -> str:
         size = f"size {mib(self.size_bytes):.1f} MiB"
+        reads = (
+            f", storage reads {mib(self.read_bytes_per_s):.1f} MiB/s"
+            if self.read_bytes_per_s
+            else ""
+        )
         if self.interval_s is None:
-            rates = "no earlier sample"
+            rates = f"no earlier sample{reads}"
         else:
             rates = (
                 f"demand {mib(self.demand_bytes_per_s):.1f} MiB/s (faults "
                 f"{mib(self.fault_bytes_per_s):.1f} MiB/s, growth "
                 f"{mib(self.growth_bytes_per_s):+.1f} MiB/s, majflt {self.majflt_per_s:.0f}/s "
-                f"over {self.interval_s:.2f} s)"
+                f"over {self.interval_s:.2f} s{reads})"
             )
         group = (
             f", group some avg10 {self.group_some_avg10:.1f}"
@@ -121,6 +142,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             resample_s=RESAMPLE_S,
             min_interval_s=MIN_INTERVAL_S,
             stale_after_s=STALE_AFTER_S,
+            read_probe_s=RESAMPLE_S,
         )
 
     def _rank_for_scan(
@@ -129,15 +151,16 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
         previous: Mapping[tuple[int, int], ProcessSample],
         now_ns: int,
         omitted: tuple[str, ...],
+        reads: Mapping[tuple[int, int], int],
     ) -> list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]]:
-        figures = self.rank_records(candidates, previous, now_ns, omitted, {})
+        figures = self.rank_records(candidates, previous, now_ns, omitted, pressure={}, reads=reads)
         return [(self.order(f), f.members) for f in figures]
 
     def order(self, f: FamilyFigures) -> FamilyOrder:
         """Where a family ranks (higher first): the rate rule, demand, size, then the younger
         root, then the higher PID."""
         floor = self.options.min_demand_mib_per_s * MIB
-        culprit = int(f.interval_s is not None and f.demand_bytes_per_s >= floor)
+        culprit = int(f.rated and f.demand_bytes_per_s >= floor)
         demand = f.demand_bytes_per_s if culprit else 0.0
         return (culprit, demand, f.size_bytes, f.root.start_time, f.root.pid)
 
@@ -151,7 +174,8 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             snapshot.previous,
             snapshot.taken_monotonic_ns,
             omitted_groups(snapshot),
-            pressure,
+            pressure=pressure,
+            reads=snapshot.read_rates or {},
         )
 
     def rank_records(
@@ -160,10 +184,13 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
         previous: Mapping[tuple[int, int], ProcessSample],
         now_ns: int,
         omitted: tuple[str, ...],
+        *,
         pressure: Mapping[str, float],
+        reads: Mapping[tuple[int, int], int],
     ) -> list[FamilyFigures]:
         """The families of ``candidates`` with their figures, best victim first (the one
-        ranking of the policy and of its fast scan)."""
+        ranking of the policy and of its fast scan). ``reads``: storage reads in bytes per
+        second by identity, where a read probe ran."""
         eligible = [
             p
             for p in candidates
@@ -191,6 +218,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
                     majflt_per_s=majflt,
                     interval_s=interval,
                     group_some_avg10=group,
+                    read_bytes_per_s=sum(reads.get(m.identity, 0) for m in members),
                 )
             )
         return sorted(figures, key=self.order, reverse=True)
@@ -201,10 +229,12 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             return Decision.no_action("no killable process in scope")
         top = ranked[0]
         floor = self.options.min_demand_mib_per_s * MIB
-        if top.interval_s is not None and top.demand_bytes_per_s >= floor:
+        if top.rated and top.demand_bytes_per_s >= floor:
             rule = "demand"
+            reading = top.read_bytes_per_s > max(top.fault_bytes_per_s, top.growth_bytes_per_s)
+            doing = "reading from storage" if reading else "faulting/growing"
             why = (
-                f"culprit: faulting/growing {mib(top.demand_bytes_per_s):.1f} MiB/s, the most "
+                f"culprit: {doing} {mib(top.demand_bytes_per_s):.1f} MiB/s, the most "
                 f"in scope ({top.root.comm}, {len(top.members)} process(es), "
                 f"{mib(top.size_bytes):.0f} MiB)"
             )
@@ -212,7 +242,8 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             rule = "size"
             why = (
                 f"largest family {mib(top.size_bytes):.0f} MiB ({top.root.comm}, "
-                f"{len(top.members)} process(es)); nobody faults or grows "
+                f"{len(top.members)} process(es)); nobody faults or grows"
+                f"{' or reads from storage' if snapshot.read_rates is not None else ''} "
                 f">= {self.options.min_demand_mib_per_s:g} MiB/s"
             )
         victim = Victim.process(
@@ -223,6 +254,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             fault_bytes_per_s=round(top.fault_bytes_per_s),
             growth_bytes_per_s=round(top.growth_bytes_per_s),
             majflt_per_s=round(top.majflt_per_s, 1),
+            read_bytes_per_s=top.read_bytes_per_s,
             interval_s=round(top.interval_s, 3) if top.interval_s is not None else -1.0,
             size_bytes=top.size_bytes,
             members=len(top.members),

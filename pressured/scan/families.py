@@ -60,6 +60,7 @@ from pressured.kernel.procfs import (
 from pressured.scan import skim as skim_module
 from pressured.scan.kept import StatGeneration
 from pressured.scan.plan import FamilyKey, FamilyOrder
+from pressured.scan.reads import ReadProbe
 
 Identity = tuple[int, int]
 Bound = FamilyOrder
@@ -116,20 +117,24 @@ def family_bounds(
     now_ns: int,
     min_demand: float,
     swap_in_use: int,
+    reads: Mapping[int, int] | None = None,
 ) -> list[tuple[Bound, list[int]]]:
-    """Every stat family with what no family of the policy's inside it can exceed."""
-    # Per family: [faults, positive growth, resident pages, members sampled], members.
+    """Every stat family with what no family of the policy's inside it can exceed.
+    ``reads``: storage reads in bytes per second by PID, where a read probe ran."""
+    # Per family: [faults, positive growth, resident pages, members sampled, reads], members.
     sums: dict[int, tuple[list[int], list[int]]] = {}
     before_lines = earlier.lines if earlier is not None else {}
     born_after = earlier.born_after if earlier is not None else None
+    read_rates = reads or {}
     for pid, root in root_of.items():
         line = lines[pid]
         entry = sums.get(root)
         if entry is None:
-            entry = sums[root] = ([0, 0, 0, 0], [])
+            entry = sums[root] = ([0, 0, 0, 0, 0], [])
         figures, members = entry
         members.append(pid)
         figures[2] += line[LINE_RSS_PAGES]
+        figures[4] += read_rates.get(pid, 0)
         before = before_lines.get(pid)
         if before is None or before[LINE_START] != line[LINE_START]:
             if born_after is not None and line[LINE_START] >= born_after:
@@ -146,11 +151,13 @@ def family_bounds(
     # least its own: the same float operations give a bound that holds exactly.
     interval = (now_ns - earlier.taken_ns) / 1e9 if earlier is not None and timed else 1.0
     bounded: list[tuple[Bound, list[int]]] = []
-    for (faults, growth, rss, sampled), members in sums.values():
+    for (faults, growth, rss, sampled, read), members in sums.values():
         size = rss * PAGE_SIZE + len(members) * swap_in_use
-        demand = max(faults * PAGE_SIZE / interval, growth * PAGE_SIZE / interval)
+        rated = timed and sampled
+        demand = max(faults * PAGE_SIZE / interval, growth * PAGE_SIZE / interval) if rated else 0
+        demand = max(demand, read)  # whole bytes per second: a subset's sum is never more
         start, pid = max((lines[member][LINE_START], member) for member in members)
-        if timed and sampled and demand >= min_demand:
+        if (rated or read) and demand >= min_demand:
             bounded.append(((1, demand, size, start, pid), members))
         else:
             bounded.append(((0, 0.0, size, start, pid), members))
@@ -166,11 +173,12 @@ def bounded_families(
     families: bool,
     min_demand: float,
     swap_in_use: int,
+    reads: Mapping[int, int] | None = None,
 ) -> list[tuple[Bound, list[int]]]:
     """:func:`family_roots` and :func:`family_bounds` in one, highest bound first; natively
-    where the optional extension is built (5 to 10 times faster)."""
+    where the optional extension is built (5 to 10 times faster) and no read probe ran."""
     native = skim_module.native_module()
-    if skim_module.native_reads("stat"):
+    if skim_module.native_reads("stat") and not reads:
         timed = earlier is not None and now_ns > earlier.taken_ns
         interval = (now_ns - earlier.taken_ns) / 1e9 if earlier is not None and timed else 0.0
         result: list[tuple[Bound, list[int]]] = native.family_bounds(
@@ -192,6 +200,7 @@ def bounded_families(
         now_ns=now_ns,
         min_demand=min_demand,
         swap_in_use=swap_in_use,
+        reads=reads,
     )
     bounded.sort(key=lambda item: item[0], reverse=True)
     return bounded
@@ -252,6 +261,8 @@ class FamilyPhase:
     victim_root: ProcessRecord | None = None
     """The root of the policy's best family, for the leaf cgroup check."""
     families_read: int = 0
+    reads: dict[int, int] | None = None
+    """Storage reads in bytes per second by PID, where a read probe ran (None: it did not)."""
 
 
 def read_families(
@@ -268,44 +279,64 @@ def read_families(
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     self_pid: int | None = None,
+    probe: ReadProbe | None = None,
 ) -> FamilyPhase:
     """Read full records of whole stat families (through ``read``, which keeps them) in
-    descending bound order until ``top`` eligible families are certain."""
+    descending bound order until ``top`` eligible families are certain.
+
+    Where the best eligible family falls back to size (nobody faults or grows enough), the
+    key asks for it (``read_probe_s``) and ``probe`` is given, everyone's storage reads are
+    measured and the families ranked again with them as demand (:mod:`pressured.scan.reads`;
+    records already read are not read again)."""
     phase = FamilyPhase()
     me = os.getpid() if self_pid is None else self_pid
-    bounded = bounded_families(
-        lines,
-        earlier,
-        now_ns,
-        self_pid=me,
-        families=key.families,
-        min_demand=key.min_demand_bytes_per_s,
-        swap_in_use=swap_in_use,
-    )
-    best: list[FamilyOrder] = []  # min-heap of the top eligible orders so far
-    highest: FamilyOrder | None = None
-    for position, (bound, members) in enumerate(bounded):
-        victim_open = highest is None or bound >= highest
-        ranking_open = len(best) < top or bound > best[0]
-        if not victim_open and not ranking_open:
-            break
-        if position and deadline is not None and clock() > deadline:
-            phase.complete = False
-            break
-        records = []
-        for pid in members:
-            record = read(pid)
-            if record is not None and candidate(record):
-                records.append(as_of_skim(record, lines.get(pid)))
-        phase.families_read += 1
-        ranked = key.rank(records, samples_of(earlier, records), now_ns, omitted)
-        for order, family in ranked:
-            if highest is None or order > highest:
-                highest = order
-                phase.victim_root = family[0]
-            heapq.heappush(best, order)
-            if len(best) > top:
-                heapq.heappop(best)
+
+    def walk(reads_by_pid: Mapping[int, int] | None) -> FamilyOrder | None:
+        """One pass in bound order; the best eligible order found (its root in the phase)."""
+        bounded = bounded_families(
+            lines,
+            earlier,
+            now_ns,
+            self_pid=me,
+            families=key.families,
+            min_demand=key.min_demand_bytes_per_s,
+            swap_in_use=swap_in_use,
+            reads=reads_by_pid,
+        )
+        reads_of = reads_by_pid or {}
+        best: list[FamilyOrder] = []  # min-heap of the top eligible orders so far
+        highest: FamilyOrder | None = None
+        for position, (bound, members) in enumerate(bounded):
+            victim_open = highest is None or bound >= highest
+            ranking_open = len(best) < top or bound > best[0]
+            if not victim_open and not ranking_open:
+                break
+            if position and deadline is not None and clock() > deadline:
+                phase.complete = False
+                break
+            records = []
+            for pid in members:
+                record = read(pid)
+                if record is not None and candidate(record):
+                    records.append(as_of_skim(record, lines.get(pid)))
+            phase.families_read += 1
+            reads = {r.identity: reads_of[r.pid] for r in records if r.pid in reads_of}
+            ranked = key.rank(records, samples_of(earlier, records), now_ns, omitted, reads)
+            for order, family in ranked:
+                if highest is None or order > highest:
+                    highest = order
+                    phase.victim_root = family[0]
+                heapq.heappush(best, order)
+                if len(best) > top:
+                    heapq.heappop(best)
+        return highest
+
+    highest = walk(None)
+    falls_back = highest is not None and not highest[0]
+    if falls_back and probe is not None and key.read_probe_s > 0 and phase.complete:
+        phase.reads = probe(list(family_roots(lines, me, key.families)))
+        if phase.reads:
+            walk(phase.reads)
     return phase
 
 

@@ -72,11 +72,18 @@ FamilyOrder = tuple[int, float, int, int, int]
 second (0 where the rule does not apply), size in bytes, root's start time, root's PID)."""
 
 FamilyRanking = Callable[
-    [Sequence[ProcessRecord], Mapping[tuple[int, int], ProcessSample], int, tuple[str, ...]],
+    [
+        Sequence[ProcessRecord],
+        Mapping[tuple[int, int], ProcessSample],
+        int,
+        tuple[str, ...],
+        Mapping[tuple[int, int], int],
+    ],
     list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]],
 ]
 """The policy's own ranking of families: (candidate records, earlier samples by identity, now
-in monotonic ns, cgroup paths never to choose) -> (order, members) best first."""
+in monotonic ns, cgroup paths never to choose, storage reads in bytes per second by identity
+where a read probe ran, else empty) -> (order, members) best first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,10 @@ class FamilyKey:
     """An earlier reading younger than this gives rates too noisy to rank on."""
     stale_after_s: float = 5.0
     """An earlier reading older than this averages too much quiet time."""
+    read_probe_s: float = 0.0
+    """When no family faults or grows ``min_demand_bytes_per_s`` (the size fallback is
+    next), measure everyone's storage reads over this long and count them as demand
+    (:mod:`pressured.scan.reads`: a ``read(2)`` thrasher makes no page faults); 0: never."""
 
 
 @dataclass(frozen=True, slots=True)

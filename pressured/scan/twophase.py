@@ -35,6 +35,7 @@ from pressured.scan.families import (
 )
 from pressured.scan.kept import StatGeneration
 from pressured.scan.plan import Bound, FamilyKey, RankKey, ScanPlan
+from pressured.scan.reads import ReadProbe, by_identity
 from pressured.scan.skim import SkimFn
 from pressured.scan.skim import skim as default_skim
 
@@ -184,14 +185,17 @@ def scan_two_phase(
     earlier: EarlierFn | None = None,
     omitted: tuple[str, ...] = (),
     group_members: Callable[[str], Iterable[int]] | None = None,
+    read_probe: ReadProbe | None = None,
 ) -> ScanResult:
     """Read what ``plan`` needs of ``pids`` (every full record, largest first, when ``plan``
     is None). ``candidate`` is the snapshot's own rule (not protected, not a kernel thread, a
     zombie, PID 1 or us). Never raises for a process or a file.
 
     For a family key: ``earlier`` finds a kept stat reading to take rates against,
-    ``omitted`` are the cgroups no policy chooses from, and ``group_members`` lists the PIDs
-    of a cgroup (its subtree), to read one outsider of the victim's leaf group."""
+    ``omitted`` are the cgroups no policy chooses from, ``group_members`` lists the PIDs
+    of a cgroup (its subtree), to read one outsider of the victim's leaf group, and
+    ``read_probe`` measures storage reads where the family ranking would fall back to size
+    (None: never, for this scan)."""
     started = time.perf_counter_ns()
     reader = _Reader(proc_root, cgroups, cmdline_limit, cmdlines, deadline)
     problems: list[ScanProblem] = []
@@ -199,6 +203,7 @@ def scan_two_phase(
     lines: Mapping[int, procfs.StatLine] = {}
     sampled_ns: int | None = None
     then: StatGeneration | None = None
+    reads: dict[int, int] | None = None
     if plan is not None and plan.family_keys:
         stat, then = _stat_with_earlier(
             plan.family_keys[0],
@@ -213,7 +218,7 @@ def scan_two_phase(
         reader.vanished += stat.vanished
         lines, sampled_ns = stat.lines, stat.taken_ns
         # Even a skim the deadline cut short is ranked: its families are the likely answer.
-        families_read = _family_phases(
+        families_read, reads = _family_phases(
             plan,
             reader,
             stat,
@@ -223,6 +228,7 @@ def scan_two_phase(
             omitted=omitted,
             clock=clock,
             group_members=group_members,
+            probe=read_probe,
         )
         complete = stat.complete and families_read
     keys: tuple[RankKey, ...]
@@ -282,6 +288,7 @@ def scan_two_phase(
         skimmed=skimmed,
         previous=samples_of(then, processes),
         sampled_ns=sampled_ns,
+        read_rates=None if reads is None else by_identity(reads, (p.identity for p in processes)),
     )
 
 
@@ -355,10 +362,12 @@ def _family_phases(
     omitted: tuple[str, ...],
     clock: Callable[[], float],
     group_members: Callable[[str], Iterable[int]] | None,
-) -> bool:
-    """Each family key's phase, then one outsider of its victim's leaf cgroup; whether they
-    all finished before the deadline."""
+    probe: ReadProbe | None,
+) -> tuple[bool, dict[int, int] | None]:
+    """Each family key's phase, then one outsider of its victim's leaf cgroup: whether they
+    all finished before the deadline, and the storage reads by PID where a probe ran."""
     complete = True
+    reads: dict[int, int] | None = None
     for family_key in plan.family_keys:
         phase = read_families(
             family_key,
@@ -372,13 +381,16 @@ def _family_phases(
             omitted=omitted,
             deadline=reader.deadline,
             clock=clock,
+            probe=probe if reads is None else None,
         )
+        if phase.reads is not None:
+            reads = phase.reads
         complete = complete and phase.complete
         if phase.victim_root is not None and group_members is not None:
             read_leaf_witness(
                 phase.victim_root, group_members, reader.get, reader.records.__contains__
             )
-    return complete
+    return complete, reads
 
 
 def _stat_with_earlier(

@@ -320,7 +320,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "read-thrasher",
         "a small process thrashing the page cache with read(2) since before the daemon "
-        "started, beside a 60 MiB idle one (known wrong: docs/design.md, Gaps)",
+        "started, beside a 60 MiB idle one (no page faults: seen by the read probe)",
         128,
         _idle_hog_and_a_reader,
         _running_reader,
