@@ -241,7 +241,9 @@ class ScopeSettings(_Model):
         default=10.0,
         description="Every this many seconds compare the scope's cumulative stall with the "
         "trigger events seen; stall growth without events means something reading the "
-        "pressure file is starving unprivileged triggers. 0 turns the check off; shorter than "
+        "pressure file is starving unprivileged triggers. Fast refaults (10x "
+        "recheck_refaults_per_s) with next to no stall growth mean a faster reader froze the "
+        "stall total itself; both are acted on. 0 turns the check off; shorter than "
         "10 s is refused because the check itself would starve them. Skipped when the daemon "
         "has CAP_SYS_RESOURCE (privileged triggers cannot be starved).",
     )

@@ -327,6 +327,8 @@ class ScopeRunner:
             armed=lambda: self.triggers.armed if self.triggers else (),
             fired=lambda: sum(self.stats.fired.values()),
             on_starved=self._on_starved,
+            refaults=self._refaults,
+            refaults_per_s=self.settings.recheck_refaults_per_s,
         )
 
     def _on_starved(self, event: PressureEvent) -> None:

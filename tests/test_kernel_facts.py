@@ -20,8 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from pressured.episode import read_refaults
 from pressured.kernel import pidfd, psi
+from pressured.kernel.caps import CAP_SYS_RESOURCE, has_capability
+from pressured.starvation import FROZEN_STALL_US_PER_REFAULT
 from pressured.testing.scratch import ScratchGroup
+from tests.test_starvation import frequent_reader
 
 pytestmark = pytest.mark.kernel
 
@@ -240,3 +244,40 @@ def test_read_thrash_shows_in_read_bytes_not_in_page_faults(scratch: ScratchGrou
     fault_bytes = (faults_after - faults_before) * os.sysconf("SC_PAGE_SIZE")
     assert read_bytes >= 64 << 20, f"only {read_bytes} bytes read from disk in 2 s"
     assert read_bytes > 100 * fault_bytes, (read_bytes, fault_bytes)
+
+
+def _stall_and_refaults(group: ScratchGroup, seconds: float) -> tuple[float, float]:
+    """(stall us per refault, refaults per second) of ``group`` over ``seconds``."""
+
+    def reading() -> tuple[int, int]:
+        line = group.group.pressure_path().read_text().splitlines()[0]
+        return int(line.split("total=")[1]), read_refaults(group.group, "/proc")
+
+    (stall_before, refaults_before), started = reading(), time.monotonic()
+    time.sleep(seconds)
+    (stall_after, refaults_after), elapsed = reading(), time.monotonic() - started
+    refaults = max(1, refaults_after - refaults_before)
+    return (stall_after - stall_before) / refaults, refaults / elapsed
+
+
+@pytest.mark.pressure
+@pytest.mark.skipif(
+    has_capability(CAP_SYS_RESOURCE), reason="readers starve unprivileged triggers only"
+)
+def test_a_2ms_reader_freezes_the_stall_total_but_not_the_refault_counter(
+    scratch: ScratchGroup, thrash_file: str
+) -> None:
+    """Under real thrash a reader of memory.pressure every 2 ms stops the stall total from
+    counting (next to no stall per refault) while memory.stat's refaults go on; without the
+    reader the same thrash stalls far more per refault. The starvation check's frozen-total
+    rule (pressured/starvation.py) sits between the two."""
+    scratch.spawn_workload("thrash", thrash_file)
+    time.sleep(2)
+    with frequent_reader(scratch.group.pressure_path(), 0.002):
+        time.sleep(1)
+        frozen_us, frozen_rate = _stall_and_refaults(scratch, 6)
+    time.sleep(1)
+    counting_us, counting_rate = _stall_and_refaults(scratch, 6)
+    threshold = FROZEN_STALL_US_PER_REFAULT
+    assert frozen_rate >= 10_000 and counting_rate >= 10_000, (frozen_rate, counting_rate)
+    assert frozen_us < threshold <= counting_us, (frozen_us, counting_us)

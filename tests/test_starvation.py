@@ -19,7 +19,7 @@ from pressured.events import EventSource, PressureEvent
 from pressured.kernel.caps import CAP_SYS_RESOURCE, has_capability
 from pressured.kernel.psi import Pressure, PressureLine, Resource, TriggerSpec
 from pressured.monitors.psi import ArmedTrigger
-from pressured.starvation import StarvationCheck
+from pressured.starvation import Refaults, StarvationCheck
 from pressured.testing.daemon import Daemon, scope_config, write_config
 from pressured.testing.scratch import (
     ScratchGroup,
@@ -48,9 +48,10 @@ except OSError:
 fd = os.open(sys.argv[1], os.O_RDONLY)
 sys.stdout.write("ready " + policy + "\\n")
 sys.stdout.flush()
+period = float(sys.argv[2])
 while True:
     os.pread(fd, 4096, 0)
-    time.sleep(0.005)
+    time.sleep(period)
 """
 
 ATTEMPTS = 3
@@ -66,11 +67,11 @@ scenario is run again in a fresh group, whose tick falls elsewhere.
 
 
 @contextmanager
-def frequent_reader(pressure_path: Path) -> Iterator[str]:
-    """A process reading ``pressure_path`` every 5 ms until the block ends; yields its
+def frequent_reader(pressure_path: Path, period_s: float = 0.005) -> Iterator[str]:
+    """A process reading ``pressure_path`` every ``period_s`` until the block ends; yields its
     scheduling policy ("fifo" or "normal")."""
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(pressure_path)], stdout=subprocess.PIPE
+        [sys.executable, "-c", READER, str(pressure_path), str(period_s)], stdout=subprocess.PIPE
     )
     try:
         ready = read_until(reader, b"\n", 20).decode()
@@ -80,12 +81,13 @@ def frequent_reader(pressure_path: Path) -> Iterator[str]:
         reader.wait()
 
 
-def run_starvation_scenario(thrash_file: str, config_dir: Path) -> str:
-    """Thrash a fresh scratch group watched by the daemon while a 5 ms reader reads its
-    memory.pressure; check what the daemon did. Return "starved" when the daemon reported the
-    starvation and killed on it, or "trigger fired" when a kernel trigger on that file fired
-    first and the daemon killed on it without a starvation report (the reader lost a race; see
-    ATTEMPTS). Anything else fails the test."""
+def run_starvation_scenario(thrash_file: str, config_dir: Path, period_s: float = 0.005) -> str:
+    """Thrash a fresh scratch group watched by the daemon while a reader reads its
+    memory.pressure every ``period_s``; check what the daemon did. Return "starved" when the
+    daemon reported the starvation on the stall total and killed on it, "frozen" when it
+    reported a frozen total (fast refaults, next to no stall) and killed on that, or "trigger
+    fired" when a kernel trigger on that file fired first and the daemon killed on it without
+    a starvation report (the reader lost a race; see ATTEMPTS). Anything else fails the test."""
     evict_from_cache(thrash_file)
     with ScratchGroup(64 << 20) as scratch:
         config = write_config(
@@ -94,7 +96,8 @@ def run_starvation_scenario(thrash_file: str, config_dir: Path) -> str:
                 'cgroup = "', 'starvation_check_s = 10\ncgroup = "', 1
             ),
         )
-        with frequent_reader(scratch.group.pressure_path()) as policy, Daemon(config) as daemon:
+        reader = frequent_reader(scratch.group.pressure_path(), period_s)
+        with reader as policy, Daemon(config) as daemon:
             print(f"starvation scenario: reader scheduled {policy}")
             # Generous bounds on waiting, not on speed: start-up during another job's fork storm
             # (load average 400 here) takes many seconds.
@@ -112,7 +115,8 @@ def run_starvation_scenario(thrash_file: str, config_dir: Path) -> str:
                 daemon.stop()
                 return "trigger fired"
             assert first["scope"] == scratch.path
-            assert first["stall_ratio"] >= first["trigger_ratio"]
+            frozen = "refaults_per_s" in first
+            assert frozen or first["stall_ratio"] >= first["trigger_ratio"], first
             # Up to the next check: a starvation event that waited too long in a CPU-starved
             # daemon is dropped as old news, and the next check reports again.
             killed = daemon.wait_for("victim.killed", 30)
@@ -120,7 +124,7 @@ def run_starvation_scenario(thrash_file: str, config_dir: Path) -> str:
             assert killed["kill_reason"] == "starved_trigger", killed
             assert thrasher.wait(10) == -signal.SIGKILL
             daemon.stop()
-            return "starved"
+            return "frozen" if frozen else "starved"
 
 
 @pytest.mark.kernel
@@ -139,7 +143,7 @@ def test_starved_trigger_is_reported_and_pressure_still_acted_on(
     for _attempt in range(ATTEMPTS):
         outcome = run_starvation_scenario(thrash_file, tmp_path)
         print(f"starvation scenario: {outcome}")
-        if outcome == "starved":
+        if outcome in ("starved", "frozen"):
             return
         outcomes.append(outcome)
     pytest.fail(
@@ -147,6 +151,30 @@ def test_starved_trigger_is_reported_and_pressure_still_acted_on(
         "the kernel no longer lets readers starve unprivileged triggers, or the reader is "
         "too late to win the 2 s tick on this host"
     )
+
+
+@pytest.mark.kernel
+@pytest.mark.pressure
+@needs_unprivileged_triggers
+def test_a_reader_that_freezes_the_stall_total_does_not_blind_the_daemon(
+    thrash_file: str, tmp_path: Path
+) -> None:
+    """A 2 ms reader starves the triggers and freezes the stall total the starvation check
+    reads (ratio 0.0007 at 290,000 refaults/s here): the daemon used to see nothing at all and
+    never acted. Now the scope's refaults give it away: 'trigger.starved' with the refault
+    rate, and the thrasher dies on it (up to ATTEMPTS scenarios for the race the reader can
+    lose, as above)."""
+    reason = scratch_unavailable_reason()
+    if reason:
+        pytest.skip(f"real-kernel test: {reason}")
+    outcomes = []
+    for _attempt in range(ATTEMPTS):
+        outcome = run_starvation_scenario(thrash_file, tmp_path, period_s=0.002)
+        print(f"frozen-total scenario: {outcome}")
+        if outcome in ("starved", "frozen"):
+            return
+        outcomes.append(outcome)
+    pytest.fail(f"the 2 ms reader never silenced the trigger in {ATTEMPTS} scenarios ({outcomes})")
 
 
 def _pressure(some_total_us: int) -> Pressure:
@@ -159,6 +187,7 @@ def _check(
     interval_s: float = 10.0,
     read_pressure: Callable[[], Pressure | None] = lambda: None,
     fired: Callable[[], int] = lambda: 0,
+    refaults: Refaults | None = None,
 ) -> StarvationCheck:
     spec = TriggerSpec(Resource.MEMORY, "some", 150_000, 2_000_000)
     armed = ArmedTrigger("some", "/x/memory.pressure", spec, spec, None)
@@ -169,6 +198,7 @@ def _check(
         armed=lambda: (armed,),
         fired=fired,
         on_starved=events.append,
+        refaults=refaults,
     )
 
 
@@ -248,3 +278,51 @@ def test_a_check_that_wakes_late_judges_the_stall_over_the_time_that_passed(
         run_async, _check(events, interval_s=0.01, read_pressure=read_pressure), second_reading
     )
     assert events == []
+
+
+def test_fast_refaults_with_a_frozen_stall_total_are_starvation() -> None:
+    """290,000 refaults/s for 10 s with 2 ms of stall (0.0007 us per refault, as a 2 ms
+    reader leaves it): a starvation event carrying the refault rate, though the stall ratio
+    is far below the trigger's."""
+    check = _check([])
+    last, current = _pressure(1_000_000), _pressure(1_002_000)
+    assert check.starved(last, current, 10.0) is None
+    event = check.frozen(last, current, (0, 100.0), (2_900_000, 110.0))
+    assert event is not None
+    assert event.source is EventSource.STARVATION
+    assert event.detail["refaults_per_s"] == pytest.approx(290_000)
+    assert event.detail["stall_ratio"] == pytest.approx(0.0002)
+
+
+def test_real_stall_per_refault_is_not_a_frozen_total() -> None:
+    """The same refaults with 0.5 us of stall each (real thrash here: 0.5-0.9): the total
+    counts, so only the ordinary rule judges it."""
+    check = _check([])
+    stall_us = int(2_900_000 * 0.5)
+    event = check.frozen(_pressure(0), _pressure(stall_us), (0, 100.0), (2_900_000, 110.0))
+    assert event is None
+
+
+def test_slow_refaults_without_stall_are_not_a_frozen_total() -> None:
+    """A quiet churn of 5,000 refaults/s (below 10 x the recheck's 1,000) with no stall at
+    all: nothing to act on, frozen or not; an unreadable counter judges nothing."""
+    check = _check([])
+    assert check.frozen(_pressure(0), _pressure(0), (0, 100.0), (50_000, 110.0)) is None
+    assert check.frozen(_pressure(0), _pressure(0), None, (2_900_000, 110.0)) is None
+
+
+def test_the_check_reads_the_refaults_and_acts_on_a_frozen_total(run_async: RunAsync) -> None:
+    """Wired through ``run``: silent triggers, a total that does not move, refaults racing."""
+    readings = iter([(0, 0.0), (3_000_000, 10.0)])
+    events: list[PressureEvent] = []
+    second = asyncio.Event()
+
+    async def refaults() -> tuple[int, float]:
+        reading = next(readings)
+        if reading[0]:
+            second.set()
+        return reading
+
+    check = _check(events, interval_s=0.01, read_pressure=lambda: _pressure(5), refaults=refaults)
+    _run_until(run_async, check, second)
+    assert [event.detail.get("refaults_per_s") for event in events] == [300_000]
