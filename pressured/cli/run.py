@@ -108,8 +108,17 @@ def _run(args: argparse.Namespace) -> int:
     from pressured.cli.common import settings_from_args_async
     from pressured.daemon import run as run_daemon
 
+    # Most of start-up so far was imports, after each of which importlib drops a module lock
+    # in a weakref callback, where a stop signal's exception is swallowed: stop now if one was.
+    startsignals.raise_missed()
     try:
-        run_daemon(settings, reload=functools.partial(settings_from_args_async, args))
+        run_daemon(
+            settings,
+            reload=functools.partial(settings_from_args_async, args),
+            # Lost later in start-up (a policy plugin's import, say): the controller acts on
+            # it as soon as its own handlers are installed.
+            missed_signals=startsignals.take_missed,
+        )
     except (ConfigError, UnsafeFileError) as exc:
         # Policies are loaded (and scope paths, port and journal checked) at start-up, before
         # any trigger.
