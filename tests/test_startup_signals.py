@@ -228,3 +228,42 @@ def test_sigterm_lost_in_a_finalizer_while_policies_load_stops_once_armed(
     assert [line["signal"] for line in daemon.events("signal.missed_during_start_up")] == [
         "SIGTERM"
     ]
+
+
+SIGTERM_IN_A_PLUGIN_CLASS = """\
+import signal
+
+from pressured.policies.base import BasePolicy
+
+
+class Described:
+    # SIGTERM lands while Python creates the plugin's class (as it may while any dataclass or
+    # pydantic model of a plugin is created): CPython 3.11 wraps what __set_name__ raises in
+    # a RuntimeError, which the plugin loader reports as a failed import.
+    def __set_name__(self, owner, name):
+        signal.raise_signal(signal.SIGTERM)
+
+
+class Plugin(BasePolicy):
+    name = "interrupted"
+    described = Described()
+"""
+
+
+@pytest.mark.kernel
+def test_sigterm_wrapped_into_a_plugin_load_error_is_a_stop_not_a_config_error(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """A SIGTERM that the plugin loader turned into "importing the plugin failed" (exit 2, an
+    invalid configuration a supervisor would not restart on) is still a requested stop."""
+    plugin = tmp_path / "interrupted_policy.py"
+    plugin.write_text(SIGTERM_IN_A_PLUGIN_CLASS)
+    plugin.chmod(0o600)
+    policies = f'[[scopes.policies]]\nname = "{plugin}:Plugin"\n'
+    config = write_config(
+        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
+    )
+    with Daemon(config) as daemon:
+        code = daemon._running().wait(20)
+    _assert_stopped_by_sigterm(daemon, code)
+    assert not daemon.events("trigger.armed")

@@ -121,9 +121,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (ConfigError, UnsafeFileError) as exc:
         # Policies are loaded (and scope paths, port and journal checked) at start-up, before
-        # any trigger.
+        # any trigger. A stop signal may be what failed: a plugin loader reports whatever its
+        # import raised as a failed import, a SIGTERM wrapped by CPython's __set_name__ too.
+        startsignals.raise_missed()
         return report_config_error(exc)
     except PressuredError as exc:
+        startsignals.raise_missed()
         structlog.get_logger("pressured").error("controller.failed", error=str(exc))
         return 1
     _exit_now(0)
