@@ -70,7 +70,7 @@ class Controller:
         *,
         reload: ReloadSource | None = None,
         handle_signals: bool = False,
-        missed_signals: Callable[[], Sequence[signal.Signals]] | None = None,
+        early_signals: Callable[[], Sequence[signal.Signals]] | None = None,
         protect_self: bool = False,
         sinks: Sequence[Sink] = (),
         reaper: Reaper | None = None,
@@ -84,7 +84,9 @@ class Controller:
         self.settings = settings or Settings()
         self._reload_source = reload
         self._handle_signals = handle_signals
-        self._missed_signals = missed_signals
+        # With handle_signals: the signals that came before our handlers existed (kept by
+        # `pressured run`'s start-up handlers), acted on as soon as ours are installed.
+        self._early_signals = early_signals
         self._protect_self = protect_self
         self._sinks = list(sinks)
         self.metrics = metrics
@@ -443,10 +445,10 @@ class Controller:
         for sig in STOP_SIGNALS:
             self._previous_handlers[sig] = signal.getsignal(sig)
             loop.add_signal_handler(sig, self._on_signal, sig)
-        # A stop signal that came during start-up and was lost before these handlers existed
-        # (see pressured.cli.startsignals) is acted on now, as if it had come just now.
-        for sig in self._missed_signals() if self._missed_signals is not None else ():
-            log.info("signal.missed_during_start_up", signal=sig.name)
+        # A signal that came before these handlers existed and was kept for us (a stop signal
+        # lost on its way, a SIGHUP: see pressured.cli.startsignals) is acted on now.
+        for sig in self._early_signals() if self._early_signals is not None else ():
+            log.info("signal.deferred", signal=sig.name, detail="arrived during start-up")
             self._on_signal(sig)
 
     def _remove_signals(self) -> None:

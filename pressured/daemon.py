@@ -43,9 +43,10 @@ ReloadFromFile = Callable[[Executor], Awaitable[Settings]]
 """How the daemon re-reads its configuration on SIGHUP: given the daemon's own I/O thread,
 so the file is read there (aiofiles), never on the loop or on a thread made for it."""
 
-MissedSignals = Callable[[], Sequence[signal.Signals]]
-"""Stop signals that came before the controller's handlers and were lost on their way
-(``pressured run``'s start-up handlers keep them): acted on once the handlers exist."""
+EarlySignals = Callable[[], Sequence[signal.Signals]]
+"""Signals that came before the controller's handlers and still need acting on (a stop lost on
+its way, a SIGHUP; ``pressured run``'s start-up handlers keep them): acted on once the
+controller's handlers exist."""
 
 
 class Daemon:
@@ -55,7 +56,7 @@ class Daemon:
         self,
         settings: Settings,
         reload: ReloadFromFile | None = None,
-        missed_signals: MissedSignals | None = None,
+        early_signals: EarlySignals | None = None,
     ):
         self.settings = settings
         # One owned thread for the journal's fsyncs and /metrics rendering: neither may block
@@ -78,7 +79,7 @@ class Daemon:
             settings,
             reload=(lambda: reload(self.io)) if reload is not None else None,
             handle_signals=True,
-            missed_signals=missed_signals,
+            early_signals=early_signals,
             protect_self=True,
             sinks=[self.backlog],
             pre_kill=self.hooks.pre_kill if self.hooks is not None else None,
@@ -211,18 +212,18 @@ async def serve(
     settings: Settings,
     *,
     reload: ReloadFromFile | None = None,
-    missed_signals: MissedSignals | None = None,
+    early_signals: EarlySignals | None = None,
 ) -> None:
     """Run the daemon (controller, signals, self-protection, operations) until stopped."""
-    await Daemon(settings, reload, missed_signals).serve()
+    await Daemon(settings, reload, early_signals).serve()
 
 
 def run(
     settings: Settings | None = None,
     *,
     reload: ReloadFromFile | None = None,
-    missed_signals: MissedSignals | None = None,
+    early_signals: EarlySignals | None = None,
 ) -> None:
     """Create the configured loop (uvloop by default) and serve until SIGTERM/SIGINT."""
     settings = settings or Settings()
-    run_on(settings.daemon.loop, serve(settings, reload=reload, missed_signals=missed_signals))
+    run_on(settings.daemon.loop, serve(settings, reload=reload, early_signals=early_signals))

@@ -225,9 +225,7 @@ def test_sigterm_lost_in_a_finalizer_while_policies_load_stops_once_armed(
     the controller's own handlers once they exist: a graceful stop, status 0."""
     daemon, code = _sigterm_in_a_finalizer(scratch, tmp_path, "pressured.policies.oom_score", loop)
     _assert_stopped_by_sigterm(daemon, code)
-    assert [line["signal"] for line in daemon.events("signal.missed_during_start_up")] == [
-        "SIGTERM"
-    ]
+    assert [line["signal"] for line in daemon.events("signal.deferred")] == ["SIGTERM"]
 
 
 SIGTERM_IN_A_PLUGIN_CLASS = """\
@@ -267,3 +265,55 @@ def test_sigterm_wrapped_into_a_plugin_load_error_is_a_stop_not_a_config_error(
         code = daemon._running().wait(20)
     _assert_stopped_by_sigterm(daemon, code)
     assert not daemon.events("trigger.armed")
+
+
+HELD_POLICY = """\
+import os
+import time
+from pathlib import Path
+
+from pressured.policies.base import BasePolicy
+
+# Tells the test that start-up has reached policy loading, then stays until released.
+Path(os.environ["STARTUP_TEST_MARKER"]).touch()
+release = Path(os.environ["STARTUP_TEST_RELEASE"])
+for _ in range(6000):
+    if release.exists():
+        break
+    time.sleep(0.01)
+
+
+class HeldPolicy(BasePolicy):
+    name = "held"
+"""
+
+
+@pytest.mark.kernel
+def test_sighup_during_start_up_reloads_once_running_instead_of_killing(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """SIGHUP (``systemctl reload``) while start-up loads a policy: its default action killed
+    the daemon; now start-up goes on and the configuration is re-read once running (the file
+    may have changed after start-up read it)."""
+    plugin = tmp_path / "held_policy.py"
+    plugin.write_text(HELD_POLICY)
+    plugin.chmod(0o600)
+    marker, release = tmp_path / "loading", tmp_path / "release"
+    policies = f'[[scopes.policies]]\nname = "{plugin}:HeldPolicy"\n'
+    config = write_config(
+        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
+    )
+    env = {"STARTUP_TEST_MARKER": str(marker), "STARTUP_TEST_RELEASE": str(release)}
+    with Daemon(config, env=env) as daemon:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert daemon._running().poll() is None, daemon.stderr_text()
+            assert time.monotonic() < deadline, "start-up never reached the plugin"
+            time.sleep(0.01)
+        daemon.signal(signal.SIGHUP)
+        release.touch()
+        daemon.wait_for("config.reloaded", 30)
+        code = daemon.stop()
+    assert code == EXIT_STOPPED, (code, daemon.raw[-5:], daemon.stderr_text())
+    assert [line["signal"] for line in daemon.events("signal.deferred")] == ["SIGHUP"]
+    assert [line["signal"] for line in daemon.events("signal.received")] == ["SIGHUP", "SIGTERM"]

@@ -115,9 +115,9 @@ def _run(args: argparse.Namespace) -> int:
         run_daemon(
             settings,
             reload=functools.partial(settings_from_args_async, args),
-            # Lost later in start-up (a policy plugin's import, say): the controller acts on
-            # it as soon as its own handlers are installed.
-            missed_signals=startsignals.take_missed,
+            # A stop lost later in start-up (a policy plugin's import, say) or a SIGHUP: the
+            # controller acts on it as soon as its own handlers are installed.
+            early_signals=startsignals.take_pending,
         )
     except (ConfigError, UnsafeFileError) as exc:
         # Policies are loaded (and scope paths, port and journal checked) at start-up, before
