@@ -29,9 +29,10 @@ examples:
   pressured run --dry-run --cgroup /jobs decide and log, but kill nothing, in /jobs only
   pressured run -c /etc/pressured/pressured.toml --log-format console
 
-signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces); SIGHUP re-reads the
-configuration file and keeps the running one if the new one is invalid. SIGTERM or SIGINT
-(Ctrl-C) before the controller is ready stops start-up cleanly and nothing stays armed.
+signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces; a second SIGTERM while
+stopping is logged and ignored); SIGHUP re-reads the configuration file and keeps the running
+one if the new one is invalid. SIGTERM or SIGINT (Ctrl-C) before the controller is ready stops
+start-up cleanly and nothing stays armed; a SIGHUP then is applied once running.
 exit codes: 0 stopped cleanly (SIGTERM at any moment), 1 runtime failure, 2 invalid
 configuration (nothing armed), 130 interrupted by Ctrl-C during start-up.
 """
