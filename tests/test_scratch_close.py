@@ -152,3 +152,41 @@ def test_many_forked_members_are_all_gone_after_close() -> None:
     assert parent.poll() is not None
     with contextlib.suppress(subprocess.TimeoutExpired):
         parent.wait(1)
+
+
+HOLDS_A_GROUP = """\
+import time
+
+from pressured.testing.scratch import ScratchGroup
+
+with ScratchGroup(None) as group:
+    sleeper = group.spawn(["sleep", "600"], stdout=None)
+    print(group.name, sleeper.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_to_a_script_holding_a_group_still_removes_the_group() -> None:
+    """SIGTERM (``timeout``, a cancelled CI job, ``kill``) to a script inside ``with
+    ScratchGroup()``: the group and what runs in it are gone once the script has exited. At
+    SIGTERM's default action the script died without unwinding and left both behind."""
+    script = subprocess.Popen(
+        [sys.executable, "-c", HOLDS_A_GROUP], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    name, pid = "", 0
+    try:
+        assert script.stdout is not None
+        name, pid_text = script.stdout.readline().decode().split()
+        pid = int(pid_text)
+        script.send_signal(signal.SIGTERM)
+        script.wait(30)
+        left_group = ScratchGroup(None, name=name).group.exists()
+        left_alive = _alive(pid)
+    finally:
+        script.kill()
+        script.wait()
+        if name:
+            leftover = ScratchGroup(None, name=name).__enter__()  # adopts what was left
+            leftover.close()
+    assert not left_group, f"{name} was left behind"
+    assert not left_alive, f"pid {pid} was left running"

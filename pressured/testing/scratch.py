@@ -18,11 +18,12 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from pressured.errors import PressuredError
 from pressured.kernel import cgroupfs
@@ -57,6 +58,43 @@ SHOWN_PIDS = 20
 class ScratchGroupLeak(RuntimeError):
     """A scratch group that :meth:`ScratchGroup.close` could not clean up completely: the
     message names the group, the processes still alive and the directories left."""
+
+
+class _UnwindOnSigterm:
+    """While a scratch group is open, SIGTERM left at its default action raises as Ctrl-C does.
+
+    The default action ends the process on the spot, so no ``with`` block unwinds and no
+    close() runs: a test run or lab script stopped by ``timeout``, a cancelled CI job or a
+    plain ``kill`` left its groups behind with everything in them alive. Raised as a
+    KeyboardInterrupt, it unwinds everything and stops pytest's session, as Ctrl-C would.
+    Only the main thread can set handlers, and a handler someone else set is left alone."""
+
+    def __init__(self) -> None:
+        self._open = 0
+        self._installed = False
+
+    @staticmethod
+    def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    def hold(self) -> None:
+        self._open += 1
+        if self._open > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._interrupt)
+            self._installed = True
+
+    def release(self) -> None:
+        self._open -= 1
+        if self._open or not self._installed:
+            return
+        self._installed = False
+        if signal.getsignal(signal.SIGTERM) == self._interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_unwind_on_sigterm = _UnwindOnSigterm()
 
 
 def scratch_unavailable_reason(layout: CgroupLayout | None = None) -> str | None:
@@ -97,12 +135,15 @@ class ScratchGroup:
         self.memcg_path: str | None = None
         self.processes: list[subprocess.Popen[bytes]] = []
         self.settle_s = settle_s
+        self._holding_sigterm = False
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> ScratchGroup:
         reason = scratch_unavailable_reason(self.layout)
         if reason:
             raise RuntimeError(f"cannot create a scratch cgroup: {reason}")
+        _unwind_on_sigterm.hold()
+        self._holding_sigterm = True
         self.group.create()
         try:
             self._make_memcg()
@@ -151,6 +192,9 @@ class ScratchGroup:
         left = self._rmdir_tree(self.group.directory, retry=not alive)
         if self.memcg_dir is not None:
             left += self._rmdir_tree(self.memcg_dir, retry=not alive)
+        if self._holding_sigterm:
+            self._holding_sigterm = False
+            _unwind_on_sigterm.release()
         if alive or left:
             raise ScratchGroupLeak(self._describe_leak(alive, left))
 
