@@ -56,7 +56,7 @@ take before ``health()`` calls its decision path stuck."""
 
 ControllerEvent = PressureEvent | KillRecord
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ReloadSource = Callable[[], Settings | Awaitable[Settings]]
 """Where a reload gets the new configuration: a function, or a coroutine function."""
 
@@ -442,7 +442,7 @@ class Controller:
     # -- signals --------------------------------------------------------------------------
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
+        for sig in HANDLED_SIGNALS:
             self._previous_handlers[sig] = signal.getsignal(sig)
             loop.add_signal_handler(sig, self._on_signal, sig)
         # A signal that came before these handlers existed and was kept for us (a stop signal
