@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -54,6 +55,8 @@ DECISION_MARGIN_S = 10.0
 take before ``health()`` calls its decision path stuck."""
 
 ControllerEvent = PressureEvent | KillRecord
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ReloadSource = Callable[[], Settings | Awaitable[Settings]]
 """Where a reload gets the new configuration: a function, or a coroutine function."""
 
@@ -67,6 +70,7 @@ class Controller:
         *,
         reload: ReloadSource | None = None,
         handle_signals: bool = False,
+        early_signals: Callable[[], Sequence[signal.Signals]] | None = None,
         protect_self: bool = False,
         sinks: Sequence[Sink] = (),
         reaper: Reaper | None = None,
@@ -80,6 +84,9 @@ class Controller:
         self.settings = settings or Settings()
         self._reload_source = reload
         self._handle_signals = handle_signals
+        # With handle_signals: the signals that came before our handlers existed (kept by
+        # `pressured run`'s start-up handlers), acted on as soon as ours are installed.
+        self._early_signals = early_signals
         self._protect_self = protect_self
         self._sinks = list(sinks)
         self.metrics = metrics
@@ -111,7 +118,7 @@ class Controller:
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-        self._installed_signals: list[signal.Signals] = []
+        self._previous_handlers: dict[signal.Signals, SignalHandler] = {}
         self._sigint_count = 0
         self.started_monotonic = 0.0
 
@@ -325,8 +332,9 @@ class Controller:
         except* _Stop:
             pass
         finally:
+            # The signal handlers stay installed through the whole shutdown recipe: stop()
+            # removes them last (a signal in between must not meet the default action).
             self._tg = None
-            self._remove_signals()
 
     def _supervised(
         self, tg: asyncio.TaskGroup, name: str, start: Callable[[], Awaitable[None]]
@@ -402,6 +410,8 @@ class Controller:
         # 4. Stop threads (the reaper finishes any job it is in: a kill is never half-done).
         await self._release_threads()
         log.info("controller.stopped")
+        # 5. Give the signals back to whoever had them before us.
+        self._remove_signals()
 
     async def _release_threads(self) -> None:
         if self._own_reaper:
@@ -432,16 +442,49 @@ class Controller:
     # -- signals --------------------------------------------------------------------------
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
-            self._installed_signals.append(sig)
+        for sig in HANDLED_SIGNALS:
+            self._previous_handlers[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        # A signal that came before these handlers existed and was kept for us (a stop signal
+        # lost on its way, a SIGHUP: see pressured.cli.startsignals) is acted on now.
+        for sig in self._early_signals() if self._early_signals is not None else ():
+            log.info("signal.deferred", signal=sig.name, detail="arrived during start-up")
+            self._on_signal(sig)
 
     def _remove_signals(self) -> None:
+        """Uninstall our handlers and put back the Python handlers found at install time.
+
+        asyncio (and uvloop) reset a removed handler to the default action, under which a
+        SIGTERM kills the process on the spot: an embedder gets its own handler back instead,
+        and ``pressured run`` its start-up handlers, which still stop it cleanly."""
+        if not self._previous_handlers:
+            return
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
-            for sig in self._installed_signals:
+            for sig, previous in self._previous_handlers.items():
                 loop.remove_signal_handler(sig)
-        self._installed_signals.clear()
+                if previous is not None and not _is_loop_handler(previous):
+                    signal.signal(sig, previous)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The loop's handler. Running, it queues the signal for the receiver task; once
+        stopping (the receiver may be gone by then) it answers at once: the stop under way is
+        already the graceful one, so a repeated SIGTERM or a SIGHUP is logged and ignored (a
+        supervisor escalates with SIGKILL, never with a second SIGTERM, and the recipe has its
+        own time limits), while a second SIGINT, Ctrl-C pressed again, forces the exit."""
+        if not self._stopping.is_set():
+            self._signals.put_nowait(sig)
+            return
+        log.info("signal.received", signal=sig.name, detail="already stopping")
+        if sig == signal.SIGINT:
+            self._count_sigint()
+
+    def _count_sigint(self) -> None:
+        self._sigint_count += 1
+        if self._sigint_count >= 2:
+            log.warning("controller.forced_exit", detail="second SIGINT")
+            os._exit(130)
 
     async def _signal_receiver(self) -> None:
         while True:
@@ -449,13 +492,10 @@ class Controller:
             log.info("signal.received", signal=sig.name)
             if sig == signal.SIGHUP:
                 await self.reload()
-            elif sig == signal.SIGINT and self._sigint_count >= 1:
-                log.warning("controller.forced_exit", detail="second SIGINT")
-                os._exit(130)
-            else:
-                if sig == signal.SIGINT:
-                    self._sigint_count += 1
-                self._stopping.set()
+                continue
+            if sig == signal.SIGINT:
+                self._count_sigint()
+            self._stopping.set()
 
     # -- reload ---------------------------------------------------------------------------
     async def reload(self) -> bool:
@@ -660,3 +700,12 @@ class Controller:
 
 class _Stop(Exception):
     """Raised inside the root task group to end it after a requested stop."""
+
+
+def _is_loop_handler(handler: SignalHandler) -> bool:
+    """Whether ``handler`` is an event loop's placeholder: asyncio and uvloop install a Python
+    handler of their own and keep the real one in the loop, where ours replaced it. Put back
+    without its entry in the loop, it would drop the signal silently, worse than the default
+    action the loop leaves."""
+    module = getattr(handler, "__module__", None) or ""
+    return module.partition(".")[0] in ("asyncio", "uvloop")

@@ -14,8 +14,9 @@ what an idle daemon has imported stays in its locked memory for good). Until the
 
 from __future__ import annotations
 
+import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -42,11 +43,21 @@ ReloadFromFile = Callable[[Executor], Awaitable[Settings]]
 """How the daemon re-reads its configuration on SIGHUP: given the daemon's own I/O thread,
 so the file is read there (aiofiles), never on the loop or on a thread made for it."""
 
+EarlySignals = Callable[[], Sequence[signal.Signals]]
+"""Signals that came before the controller's handlers and still need acting on (a stop lost on
+its way, a SIGHUP; ``pressured run``'s start-up handlers keep them): acted on once the
+controller's handlers exist."""
+
 
 class Daemon:
     """The controller plus everything an operator expects around it."""
 
-    def __init__(self, settings: Settings, reload: ReloadFromFile | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        reload: ReloadFromFile | None = None,
+        early_signals: EarlySignals | None = None,
+    ):
         self.settings = settings
         # One owned thread for the journal's fsyncs and /metrics rendering: neither may block
         # the loop, and neither may create a thread when memory is short.
@@ -68,6 +79,7 @@ class Daemon:
             settings,
             reload=(lambda: reload(self.io)) if reload is not None else None,
             handle_signals=True,
+            early_signals=early_signals,
             protect_self=True,
             sinks=[self.backlog],
             pre_kill=self.hooks.pre_kill if self.hooks is not None else None,
@@ -196,12 +208,22 @@ class Daemon:
             self.io.shutdown(wait=False, cancel_futures=True)
 
 
-async def serve(settings: Settings, *, reload: ReloadFromFile | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    reload: ReloadFromFile | None = None,
+    early_signals: EarlySignals | None = None,
+) -> None:
     """Run the daemon (controller, signals, self-protection, operations) until stopped."""
-    await Daemon(settings, reload).serve()
+    await Daemon(settings, reload, early_signals).serve()
 
 
-def run(settings: Settings | None = None, *, reload: ReloadFromFile | None = None) -> None:
+def run(
+    settings: Settings | None = None,
+    *,
+    reload: ReloadFromFile | None = None,
+    early_signals: EarlySignals | None = None,
+) -> None:
     """Create the configured loop (uvloop by default) and serve until SIGTERM/SIGINT."""
     settings = settings or Settings()
-    run_on(settings.daemon.loop, serve(settings, reload=reload))
+    run_on(settings.daemon.loop, serve(settings, reload=reload, early_signals=early_signals))

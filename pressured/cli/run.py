@@ -29,9 +29,10 @@ examples:
   pressured run --dry-run --cgroup /jobs decide and log, but kill nothing, in /jobs only
   pressured run -c /etc/pressured/pressured.toml --log-format console
 
-signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces); SIGHUP re-reads the
-configuration file and keeps the running one if the new one is invalid. SIGTERM or SIGINT
-(Ctrl-C) before the controller is ready stops start-up cleanly and nothing stays armed.
+signals: SIGTERM or SIGINT stop gracefully (a second SIGINT forces; a second SIGTERM while
+stopping is logged and ignored); SIGHUP re-reads the configuration file and keeps the running
+one if the new one is invalid. SIGTERM or SIGINT (Ctrl-C) before the controller is ready stops
+start-up cleanly and nothing stays armed; a SIGHUP then is applied once running.
 exit codes: 0 stopped cleanly (SIGTERM at any moment), 1 runtime failure, 2 invalid
 configuration (nothing armed), 130 interrupted by Ctrl-C during start-up.
 """
@@ -108,13 +109,25 @@ def _run(args: argparse.Namespace) -> int:
     from pressured.cli.common import settings_from_args_async
     from pressured.daemon import run as run_daemon
 
+    # Most of start-up so far was imports, after each of which importlib drops a module lock
+    # in a weakref callback, where a stop signal's exception is swallowed: stop now if one was.
+    startsignals.raise_missed()
     try:
-        run_daemon(settings, reload=functools.partial(settings_from_args_async, args))
+        run_daemon(
+            settings,
+            reload=functools.partial(settings_from_args_async, args),
+            # A stop lost later in start-up (a policy plugin's import, say) or a SIGHUP: the
+            # controller acts on it as soon as its own handlers are installed.
+            early_signals=startsignals.take_pending,
+        )
     except (ConfigError, UnsafeFileError) as exc:
         # Policies are loaded (and scope paths, port and journal checked) at start-up, before
-        # any trigger.
+        # any trigger. A stop signal may be what failed: a plugin loader reports whatever its
+        # import raised as a failed import, a SIGTERM wrapped by CPython's __set_name__ too.
+        startsignals.raise_missed()
         return report_config_error(exc)
     except PressuredError as exc:
+        startsignals.raise_missed()
         structlog.get_logger("pressured").error("controller.failed", error=str(exc))
         return 1
     _exit_now(0)

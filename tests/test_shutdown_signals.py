@@ -1,0 +1,130 @@
+"""Signals while ``pressured run`` is already stopping, as a real process held in its shutdown
+recipe (a policy whose ``aclose`` waits for the test).
+
+The old code removed its signal handlers when the root task group ended, at step 2 of the
+recipe, and asyncio and uvloop put back the *default* action: a second SIGTERM while policies
+closed, in-flight kills finished or HTTP closed killed the process on the spot (status -15,
+143 to systemd, no log line), turning a clean stop into a failed one, and a second Ctrl-C
+raised a KeyboardInterrupt into the middle of the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pressured.testing.daemon import Daemon, LogLine, scope_config, write_config
+from pressured.testing.scratch import ScratchGroup
+
+EXIT_FORCED = 130
+
+SLOW_CLOSE_POLICY = """\
+import asyncio
+import os
+from pathlib import Path
+
+from pressured.policies.base import BasePolicy, Decision
+
+
+class SlowClose(BasePolicy):
+    # Holds the shutdown recipe at step 3 (close policies) until the test releases it.
+    name = "slow_close"
+
+    async def __call__(self, snapshot):
+        return Decision.no_action("a test policy that never kills")
+
+    async def aclose(self):
+        Path(os.environ["SHUTDOWN_TEST_CLOSING"]).touch()
+        release = Path(os.environ["SHUTDOWN_TEST_RELEASE"])
+        for _ in range(6000):  # at most 60 s, should the test never release it
+            if release.exists():
+                return
+            await asyncio.sleep(0.01)
+"""
+
+
+@contextlib.contextmanager
+def daemon_held_in_shutdown(
+    scratch: ScratchGroup, tmp_path: Path, loop: str, first: signal.Signals
+) -> Iterator[tuple[Daemon, Path]]:
+    """A running daemon sent ``first``, yielded once its shutdown is held closing a policy,
+    with the file that releases it; killed on the way out if still running."""
+    plugin = tmp_path / "slow_close.py"
+    plugin.write_text(SLOW_CLOSE_POLICY)
+    plugin.chmod(0o600)
+    closing, release = tmp_path / "closing", tmp_path / "release"
+    policies = f'[[scopes.policies]]\nname = "{plugin}:SlowClose"\n'
+    config = write_config(
+        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
+    )
+    env = {"SHUTDOWN_TEST_CLOSING": str(closing), "SHUTDOWN_TEST_RELEASE": str(release)}
+    with Daemon(config, "--loop", loop, env=env) as daemon:
+        daemon.wait_for("ops.listening", 30)
+        daemon.signal(first)
+        deadline = time.monotonic() + 30
+        while not closing.exists():
+            assert daemon._running().poll() is None, (daemon.raw[-5:], daemon.stderr_text())
+            assert time.monotonic() < deadline, "the shutdown never reached the policy's close"
+            time.sleep(0.01)
+        yield daemon, release
+
+
+def _already_stopping(line: LogLine) -> bool:
+    return line.get("detail") == "already stopping"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_second_sigterm_during_shutdown_is_logged_and_the_stop_stays_clean(
+    scratch: ScratchGroup, tmp_path: Path, loop: str
+) -> None:
+    """A second SIGTERM while the recipe runs is logged and ignored: the recipe finishes and
+    the status is the 0 of a clean stop, not a death by SIGTERM."""
+    with daemon_held_in_shutdown(scratch, tmp_path, loop, signal.SIGTERM) as (daemon, release):
+        mark = daemon.mark()
+        daemon.signal(signal.SIGTERM)
+        second = daemon.wait_for("signal.received", 10, _already_stopping, after=mark)
+        release.touch()
+        code = daemon._running().wait(15)
+    assert code == 0, (code, daemon.raw[-5:], daemon.stderr_text())
+    assert second["signal"] == "SIGTERM"
+    assert daemon.events("controller.stopped"), daemon.raw[-5:]
+    assert "Traceback" not in daemon.stderr_text()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_second_ctrl_c_during_shutdown_forces_the_exit_at_once(
+    scratch: ScratchGroup, tmp_path: Path, loop: str
+) -> None:
+    """Ctrl-C pressed again while the recipe runs forces the exit (130) without waiting for
+    the recipe, said in the log, not raised into the recipe's middle as a KeyboardInterrupt."""
+    with daemon_held_in_shutdown(scratch, tmp_path, loop, signal.SIGINT) as (daemon, _release):
+        daemon.signal(signal.SIGINT)
+        code = daemon._running().wait(15)  # the policy's close is never released
+    assert code == EXIT_FORCED, (code, daemon.raw[-5:], daemon.stderr_text())
+    assert [line["detail"] for line in daemon.events("controller.forced_exit")] == ["second SIGINT"]
+    assert not daemon.events("controller.stopped")
+    assert "Traceback" not in daemon.stderr_text()
+
+
+@pytest.mark.kernel
+def test_ctrl_c_after_sigterm_during_shutdown_does_not_force(
+    scratch: ScratchGroup, tmp_path: Path
+) -> None:
+    """Only a *second* SIGINT forces: one Ctrl-C while a SIGTERM's stop runs is logged and the
+    stop stays clean (status 0)."""
+    with daemon_held_in_shutdown(scratch, tmp_path, "uvloop", signal.SIGTERM) as (daemon, release):
+        mark = daemon.mark()
+        daemon.signal(signal.SIGINT)
+        line = daemon.wait_for("signal.received", 10, _already_stopping, after=mark)
+        release.touch()
+        code = daemon._running().wait(15)
+    assert line["signal"] == "SIGINT"
+    assert code == 0, (code, daemon.raw[-5:], daemon.stderr_text())
+    assert daemon.events("controller.stopped")
