@@ -4,11 +4,13 @@ The probe itself (:mod:`pressured.scan.reads`) costs a wait of ``read_probe_s`` 
 ``culprit``) and two reads of everyone's ``/proc/PID/io``, and it is asked for only when a
 family ranking falls back to size. It is worth that only when someone may be thrashing the
 page cache without faulting, and such a reader makes its scope **refault**: the pages it
-reads again were evicted a moment ago. So a scope runs the probe only while its cumulative
+reads again were evicted a moment ago. So a scope runs the probe only if its cumulative
 refaults (``memory.stat`` workingset counters, the episode's own recheck figure) rose since
-its previous snapshot or its arming. An injected event on a quiet scope, or a slow leak that
-evicts nothing, pays nothing; an unreadable counter lets the probe run (the safe direction:
-slower, never blind).
+the gate was last asked or since arming. The gate is asked at the moment of the fallback,
+not on every snapshot: a decision that never falls back reads no counter. An injected event
+on a quiet scope, or a slow leak that evicts nothing, pays one read of ``memory.stat``
+(about 85 us here), not the probe; an unreadable counter lets the probe run (the safe
+direction: slower, never blind).
 
 A chain scanned in full (a policy before ``culprit`` that wants every record) ranks after
 :class:`~pressured.history.ProcessHistory` completed the snapshot's rates;
@@ -52,12 +54,18 @@ class RefaultGate:
 
 
 def probe_for(keys: Sequence[FamilyKey], proc_root: str, gate: RefaultGate) -> ReadProbe | None:
-    """The read probe one snapshot may run: the longest wait the chain's family keys ask for,
-    if any asks and the gate opens (the gate is consulted only then)."""
+    """The read probe a scope's snapshots may run (the longest wait the chain's family keys
+    ask for), or None when no key asks. The gate is consulted when the probe is called, not
+    before: a decision that never falls back to size reads no refault counter."""
     wait_s = max((key.read_probe_s for key in keys), default=0.0)
-    if wait_s <= 0 or not gate.opens():
+    if wait_s <= 0:
         return None
-    return make_probe(proc_root, wait_s)
+    measure = make_probe(proc_root, wait_s)
+
+    def probe(pids: Sequence[int]) -> dict[int, int] | None:
+        return measure(pids) if gate.opens() else None
+
+    return probe
 
 
 def complete_read_rates(
@@ -80,6 +88,8 @@ def complete_read_rates(
     if not ranked or ranked[0][0][0]:
         return snapshot
     rates = probe([record.pid for record in candidates])
+    if rates is None:
+        return snapshot
     return dataclasses.replace(
         snapshot, read_rates=by_identity(rates, (record.identity for record in candidates))
     )

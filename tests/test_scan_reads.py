@@ -9,6 +9,8 @@ process``, which failed (strict xfail) before culprit counted storage reads.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -132,6 +134,19 @@ def test_a_chain_without_a_probing_key_never_reads_the_counter() -> None:
     )
     assert probe_for([], "/proc", gate) is None
     assert probe_for([probing_off], "/proc", gate) is None
+
+
+def test_the_gate_is_asked_when_the_probe_is_called_and_a_shut_gate_measures_nothing() -> None:
+    """Handing out the probe reads no counter (a decision that never falls back to size pays
+    nothing); calling it asks the gate, and with the counter flat it measures nothing (None,
+    not "nobody read": the scan then says no probe ran)."""
+    counter = Counter(5, 5)
+    gate = RefaultGate(counter)
+    gate.mark()
+    probe = probe_for([family_key(CulpritPolicy(CulpritOptions()))], "/proc", gate)
+    assert probe is not None and counter.values == [5]
+    assert probe([os.getpid()]) is None
+    assert counter.values == []
 
 
 # -- the same victim both ways, on generated trees -----------------------------------------
@@ -258,7 +273,7 @@ def test_the_reader_dies_not_the_larger_idle_process_both_ways(
     key = family_key(policy)
     plan = plan_for([policy])
     assert plan is not None
-    probe = probe_for([key], "/proc", RefaultGate(lambda: 0))  # no mark: the gate opens
+    probe = probe_for([key], "/proc", RefaultGate(itertools.count().__next__))  # always rising
 
     def fast(with_probe: bool) -> Snapshot:
         return take_snapshot(

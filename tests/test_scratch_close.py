@@ -53,6 +53,11 @@ def test_a_process_that_survives_sigkill_makes_close_raise_naming_it() -> None:
     group.settle_s = 1.0  # no member exits while frozen: no need to wait the full 10 s
     sleeper = group.spawn(["sleep", "600"], stdout=None)
     try:
+        # Frozen before its shell wrapper joined the group, it would not be a member at all.
+        deadline = time.monotonic() + 10
+        while sleeper.pid not in group.group.all_members():
+            assert time.monotonic() < deadline, "the sleeper never joined its group"
+            time.sleep(0.01)
         with frozen_v1(sleeper.pid):
             with pytest.raises(ScratchGroupLeak) as caught:
                 group.close()

@@ -19,8 +19,8 @@ least its growth). When no family demands that much (no history, or a slow leak)
 higher PID.
 
 ``reads`` is measured only when it can change the answer: when no family faults or grows
-``min_demand_mib_per_s`` and the scope refaulted since the previous snapshot, the scan reads
-everyone's ``read_bytes`` twice, 100 ms apart (:mod:`pressured.scan.reads`). A process
+``min_demand_mib_per_s`` and the scope has been refaulting (:mod:`pressured.readprobe`), the
+scan reads everyone's ``read_bytes`` twice, 100 ms apart (:mod:`pressured.scan.reads`). A process
 thrashing the page cache through ``read(2)`` makes almost no page faults; without this the
 size fallback killed an idle bystander beside it. Elsewhere ``reads`` is 0.
 

@@ -334,7 +334,7 @@ def read_families(
     highest = walk(None)
     falls_back = highest is not None and not highest[0]
     if falls_back and probe is not None and key.read_probe_s > 0 and phase.complete:
-        phase.reads = probe(list(family_roots(lines, me, key.families)))
+        phase.reads = probe(list(family_roots(lines, me, key.families)))  # None: not measured
         if phase.reads:
             walk(phase.reads)
     return phase

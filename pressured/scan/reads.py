@@ -10,7 +10,7 @@ the size fallback then kills an idle bystander that merely is larger.
 Reading ``io`` for every process on every event would cost as much again as the ``stat``
 skim, for a case that is rare; so the probe runs only when a family ranking finds nobody
 faulting or growing fast enough (the size fallback is next), and only while the scope's own
-refault counter rose since the previous snapshot (a reader that thrashes makes the scope
+refault counter rises (:mod:`pressured.readprobe`: a reader that thrashes makes the scope
 refault; a quiet scope, or an injected event on one, pays nothing). It reads everyone's
 ``read_bytes``, waits ``wait_s``, reads again, and hands back each process's rate.
 
@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 Identity = tuple[int, int]
 
-ReadProbe = Callable[[Sequence[int]], dict[int, int]]
+ReadProbe = Callable[[Sequence[int]], "dict[int, int] | None"]
 """PIDs -> bytes per second each made the kernel fetch from storage during the probe (only
-those that fetched anything: a PID not in the answer read nothing, or is gone)."""
+those that fetched anything: a PID not in the answer read nothing, or is gone); None when
+the probe chose not to measure (its scope's gate was shut)."""
 
 _FIELD = b"read_bytes:"
 

@@ -209,7 +209,7 @@ class ScratchGroup:
             except (OSError, PressuredError):
                 # No cgroup.kill (before Linux 5.14) or it failed: one by one, then.
                 with contextlib.suppress(FileNotFoundError):
-                    stragglers += self.group.all_members()
+                    stragglers += self.group.member_paths(errors=[])
         for pid in stragglers:
             _kill_pid(pid)
         for proc in self.processes:
@@ -219,8 +219,10 @@ class ScratchGroup:
     def _live_members(self) -> list[int]:
         """Every PID still in the v2 tree or the v1 memcg tree (dying ones included)."""
         pids: set[int] = set(self._memcg_members())
+        # A threaded child's cgroup.procs is unreadable (EOPNOTSUPP); its threaded domain
+        # lists those processes, so the walk records the error and goes on.
         with contextlib.suppress(FileNotFoundError):
-            pids.update(self.group.all_members())
+            pids.update(self.group.member_paths(errors=[]))
         return sorted(pids)
 
     def _memcg_members(self) -> list[int]:
