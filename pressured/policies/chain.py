@@ -38,6 +38,9 @@ from pressured.snapshot import Snapshot
 
 log = structlog.get_logger("pressured.policy")
 
+CLOSE_TIMEOUT_S = 2.0
+"""How long one policy's ``aclose`` may take: a plugin's close that hangs must not hold the
+daemon's stop (a second SIGTERM is ignored while stopping) until the supervisor's SIGKILL."""
 DISABLE_AFTER_FAILURES = 5
 
 VictimCheck = Callable[[Victim, Snapshot], "str | None"]
@@ -400,6 +403,13 @@ class PolicyChain:
             if close is None:
                 continue
             try:
-                await close()
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await close()
+            except TimeoutError:
+                log.warning(
+                    "policy.close_failed",
+                    policy=link.name,
+                    error=f"did not close within {CLOSE_TIMEOUT_S:g} s: left behind",
+                )
             except Exception as exc:
                 log.warning("policy.close_failed", policy=link.name, error=repr(exc))
