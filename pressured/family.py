@@ -7,6 +7,13 @@ that stay in its **process group** (``stat`` field 5; fork keeps it, a shell's j
 gives each job its own), minus protected processes and the subtrees below them. A descendant
 that left the process group (its own job, a daemon that called ``setsid``) is not family.
 
+A process group's leader also **adopts** the members of its group that have no parent in it:
+an orphan (``(cmd &)`` in a shell loop, a double fork: reparented to PID 1 or a subreaper, it
+keeps only its process group) and the later commands of a pipeline (children of the shell,
+in the job's group). Without that, a loop starting orphaned thrashers lost one of them per
+kill and went on; with it, the loop and what it started are one cause. A member whose parent
+*is* in the group but may not be killed (protected) stays outside, as before.
+
 :func:`expand` turns a chosen process victim into the kill of its family:
 
 * when the victim's leaf cgroup holds exactly the victim and its family (and is not the
@@ -25,7 +32,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
 from pressured.events import VictimKind
-from pressured.kernel.procfs import ProcessRecord
+from pressured.kernel.procfs import ProcessRecord, counts_as_present
 from pressured.policies.base import Victim
 from pressured.protection import within
 from pressured.snapshot import Snapshot
@@ -34,47 +41,100 @@ CgroupCheck = Callable[[str, Snapshot], "str | None"]
 """The guard's cgroup protection: why a group must not be killed, or None."""
 
 
-def children_by_parent(records: Iterable[ProcessRecord]) -> dict[int, list[ProcessRecord]]:
-    children: dict[int, list[ProcessRecord]] = {}
-    for record in records:
-        children.setdefault(record.ppid, []).append(record)
-    return children
+GroupOf = Callable[[int], "int | None"]
+"""The process group of a PID present in the scope (eligible or not), or None if absent. A
+zombie, a kernel thread, PID 1 and the daemon count as absent: a zombie parent is a dead one
+(its children are orphans in all but name), and the scan's fast path reads none of them, so
+both paths must see them the same way (:func:`pressured.scan.families.read_families`)."""
+
+
+def present_groups(records: Iterable[ProcessRecord], self_pid: int) -> GroupOf:
+    """:data:`GroupOf` for a snapshot's ``records``."""
+    return {
+        r.pid: r.pgid
+        for r in records
+        if counts_as_present(r.pid, r.state, r.is_kernel_thread, self_pid)
+    }.get
+
+
+def family_links(eligible: Iterable[ProcessRecord], group_of: GroupOf) -> dict[int, int]:
+    """Who belongs under whom: PID -> the PID of its parent (an ``eligible`` parent in its
+    process group) or of its group's leader (adopted: no parent in the group among the
+    processes present, ``group_of``; the leader ``eligible``). Roots have no entry. A parent
+    that is there but not eligible (protected, a zombie) keeps its descendants out of the
+    family, and is told apart from a parent that is gone."""
+    by_pid = {record.pid: record for record in eligible}
+    links: dict[int, int] = {}
+    for record in by_pid.values():
+        if record.ppid != record.pid and group_of(record.ppid) == record.pgid:
+            if record.ppid in by_pid:
+                links[record.pid] = record.ppid
+            continue  # below a process that may not die: not family
+        leader = by_pid.get(record.pgid)
+        if leader is not None and leader.pid != record.pid and leader.pgid == leader.pid:
+            links[record.pid] = leader.pid
+    return links
+
+
+def _below(links: Mapping[int, int]) -> dict[int, list[int]]:
+    below: dict[int, list[int]] = {}
+    for pid, above in links.items():
+        below.setdefault(above, []).append(pid)
+    return below
 
 
 def family_of(
-    root: ProcessRecord,
-    children: Mapping[int, list[ProcessRecord]],
-    eligible: Callable[[ProcessRecord], bool],
+    root: ProcessRecord, eligible: Iterable[ProcessRecord], group_of: GroupOf
 ) -> list[ProcessRecord]:
-    """``root``'s descendants in its process group, walking only through ``eligible`` ones
-    (a protected process is not family, nor is anything below it)."""
+    """``root``'s family among ``eligible``: everyone linked below it (descendants in its
+    process group, and, for a group leader, the members it adopts; see the module)."""
+    by_pid = {record.pid: record for record in eligible}
+    below = _below(family_links(by_pid.values(), group_of))
     members: list[ProcessRecord] = []
-    stack = [root.pid]
-    seen = {root.pid}
+    stack, seen = [root.pid], {root.pid}
     while stack:
-        for child in children.get(stack.pop(), ()):
-            if child.pid in seen or child.pgid != root.pgid or not eligible(child):
-                continue
-            seen.add(child.pid)
-            members.append(child)
-            stack.append(child.pid)
+        for pid in below.get(stack.pop(), ()):
+            if pid not in seen:
+                seen.add(pid)
+                members.append(by_pid[pid])
+                stack.append(pid)
     return members
 
 
 def family_roots(
-    records: Iterable[ProcessRecord],
+    records: Iterable[ProcessRecord], group_of: GroupOf | None = None
 ) -> list[tuple[ProcessRecord, list[ProcessRecord]]]:
-    """Partition ``records`` (the killable candidates) into families: each record whose parent
-    is not a candidate of the same process group is a root; the rest belong to a root."""
-    candidates = list(records)
-    by_pid = {record.pid: record for record in candidates}
-    children = children_by_parent(candidates)
-    families = []
-    for record in candidates:
-        parent = by_pid.get(record.ppid)
-        if parent is not None and parent.pgid == record.pgid and parent.pid != record.pid:
-            continue
-        families.append((record, family_of(record, children, lambda r: r.pid in by_pid)))
+    """Partition ``records`` (the killable candidates) into families, each a root and the
+    records linked below it (:func:`family_links`; ``group_of`` defaults to ``records``'
+    groups). A cycle of links (a parent that joined its child's group) is broken at its
+    first member."""
+    candidates = {record.pid: record for record in records}
+    links = family_links(
+        candidates.values(),
+        {r.pid: r.pgid for r in candidates.values()}.get if group_of is None else group_of,
+    )
+    below = _below(links)
+    families: list[tuple[ProcessRecord, list[ProcessRecord]]] = []
+    placed: set[int] = set()
+
+    def gather(root: int) -> list[ProcessRecord]:
+        members: list[ProcessRecord] = []
+        stack = [root]
+        placed.add(root)
+        while stack:
+            for pid in below.get(stack.pop(), ()):
+                if pid not in placed:
+                    placed.add(pid)
+                    members.append(candidates[pid])
+                    stack.append(pid)
+        return members
+
+    for pid, record in candidates.items():
+        if pid not in links:
+            families.append((record, gather(pid)))
+    for pid, record in candidates.items():
+        if pid not in placed:  # on a cycle of links: no root above it
+            families.append((record, gather(pid)))
     return families
 
 
@@ -105,12 +165,12 @@ def expand(victim: Victim, snapshot: Snapshot, cgroup_check: CgroupCheck | None 
     if root is None or (victim.start_time is not None and root.start_time != victim.start_time):
         return victim
     excluded = set(snapshot.protected) | {1, snapshot.self_pid}
-    children = children_by_parent(snapshot.processes)
-    family = family_of(
-        root,
-        children,
-        lambda r: r.pid not in excluded and not r.is_kernel_thread and r.state != "Z",
-    )
+    eligible = [
+        r
+        for r in snapshot.processes
+        if r.pid not in excluded and not r.is_kernel_thread and r.state != "Z"
+    ]
+    family = family_of(root, eligible, present_groups(snapshot.processes, snapshot.self_pid))
     scope_group = snapshot.cgroups[0].path if snapshot.cgroups else None
     if (
         root.cgroup is not None

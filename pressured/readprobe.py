@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from pressured.family import present_groups
 from pressured.policies.common import omitted_groups
 from pressured.scan.plan import FamilyKey
 from pressured.scan.reads import ReadProbe, by_identity, make_probe
@@ -83,7 +84,8 @@ def complete_read_rates(
         snapshot.previous,
         snapshot.taken_monotonic_ns,
         omitted_groups(snapshot),
-        {},
+        reads={},
+        present=present_groups(snapshot.processes, snapshot.self_pid),
     )
     if not ranked or ranked[0][0][0]:
         return snapshot

@@ -7,6 +7,7 @@ import dataclasses
 from pressured.events import VictimKind
 from pressured.family import expand, family_roots
 from pressured.kernel.procfs import PAGE_SIZE, ProcessRecord
+from pressured.policies.base import Victim
 from pressured.policies.chain import ChainLink, PolicyChain
 from pressured.policies.culprit import CulpritPolicy
 from pressured.policies.oom_score import OomScorePolicy
@@ -170,6 +171,68 @@ def test_expand_never_takes_a_protected_descendant() -> None:
     )
     victim = run_policy(CulpritPolicy, snapshot).victims[0]
     assert [pid for pid, _ in expand(victim, snapshot).family] == [13]
+
+
+def _families(records: list[ProcessRecord]) -> dict[int, list[int]]:
+    return {root.pid: sorted(m.pid for m in rest) for root, rest in family_roots(records)}
+
+
+def test_an_orphan_in_a_loops_process_group_is_the_loops_family() -> None:
+    """A loop starting thrashers that orphan themselves (``(cmd &)``, a double fork: reparented
+    to PID 1, still in the loop's process group): the group's leader adopts them, so the
+    loop is the culprit and one kill ends it. It used to be a family of its own, and each kill
+    took one thrasher while the loop started the next (a real-kernel scenario:
+    tests/test_scenarios.py::test_a_loop_of_orphaned_thrashers_dies_with_the_loop)."""
+    loop = make_process(10, comm="sh", rss_mib=2)
+    orphan = make_process(11, comm="thrash", ppid=1, pgid=10, rss_mib=40)
+    bystander = make_process(20, rss_mib=60)
+    assert _families([loop, orphan, bystander]) == {10: [11], 20: []}
+    snapshot = make_snapshot(
+        [loop, grown(orphan, faults=9000), bystander], previous=[loop, orphan, bystander], at_s=1
+    )
+    decision = run_policy(CulpritPolicy, snapshot)
+    assert_kills(decision, pid=10)
+    assert [pid for pid, _ in expand(decision.victims[0], snapshot).family] == [11]
+
+
+def test_a_pipelines_later_command_is_adopted_by_the_job_leader() -> None:
+    """``a | b`` from a shell: both are the shell's children in the job's group (led by a);
+    b has no parent in the group, so a, the leader, adopts it."""
+    shell = make_process(5, comm="sh")
+    first = make_process(10, ppid=5, pgid=10)
+    second = make_process(11, ppid=5, pgid=10)
+    assert _families([shell, first, second]) == {5: [], 10: [11]}
+
+
+def test_a_child_of_a_protected_group_member_is_not_adopted() -> None:
+    """Adoption is for members with no parent in the group: one whose parent is there but
+    protected stays out of the family, as before (the parent is present, not gone)."""
+    leader = make_process(10)
+    guarded = make_process(11, ppid=10, pgid=10)
+    below = make_process(12, ppid=11, pgid=10)
+    snapshot = dataclasses.replace(
+        make_snapshot([leader, guarded, below]), protected=frozenset({11})
+    )
+    assert expand(Victim.process(leader, "test"), snapshot).family == ()
+
+
+def test_a_child_of_a_zombie_is_an_orphan_and_adopted() -> None:
+    """A zombie parent is a dead one: its child, still in the group, goes with the leader."""
+    leader = make_process(10)
+    dead = make_process(11, ppid=10, pgid=10, state="Z")
+    child = make_process(12, ppid=11, pgid=10)
+    snapshot = make_snapshot([leader, dead, child])
+    assert expand(Victim.process(leader, "test"), snapshot).family == (child.identity,)
+
+
+def test_a_parent_that_joined_its_childs_group_makes_one_family_without_hanging() -> None:
+    """A parent moved into its child's process group (setpgid): the child links to its parent,
+    the parent is adopted by the child, the group's leader. A cycle of links: one family."""
+    parent = make_process(10, pgid=11)
+    child = make_process(11, ppid=10, pgid=11)
+    families = _families([parent, child])
+    assert len(families) == 1
+    assert sorted([*families, *next(iter(families.values()))]) == [10, 11]
 
 
 def test_scope_root_is_never_turned_into_a_cgroup_victim() -> None:

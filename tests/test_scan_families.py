@@ -92,6 +92,11 @@ class FakeProcess:
         self.pid = pid
         self.ppid = parent.pid if parent else 1
         self.pgid: int = parent.pgid if parent and rng.random() < 0.85 else pid
+        if parents and rng.random() < 0.1:
+            # In another process's group without being its child: an orphan reparented to
+            # PID 1 (no parent here), or a pipeline's later command (the shell's child):
+            # adopted by that group's leader (pressured.family).
+            self.pgid = rng.choice(parents).pgid
         self.comm = rng.choice(NAMES)
         self.state = rng.choice(["S"] * 12 + ["R", "Z"])
         self.flags = 0x00200000 if rng.random() < 0.02 else 0x400100

@@ -125,6 +125,28 @@ def test_hog_in_a_group_named_ssh_service_is_not_protected(
     assert kill["cgroup"] == staged.culprit_group
 
 
+def test_a_loop_of_short_lived_thrashers_dies_with_the_loop(
+    thrash_file: str, tmp_path: Path
+) -> None:
+    """Each child thrashes for half a second and exits; the loop that forks the next one
+    faults nothing. One kill takes the loop with its current child (the family): killing only
+    the child would leave the cause to fork another."""
+    staged, kills, _ = _run("churner", thrash_file, tmp_path)
+    kill = _the_one_kill(kills)
+    assert kill["pid"] == staged.culprits[0]
+    assert kill["policy"] == "culprit"
+
+
+def test_a_loop_of_orphaned_thrashers_dies_with_the_loop(thrash_file: str, tmp_path: Path) -> None:
+    """A shell loop starts a thrasher that orphans itself (reparented away, still in the loop's
+    process group) every half second; the loop faults next to nothing. Its group's leader
+    adopts the orphans, so the loop dies with them. It used to survive: each kill took one
+    thrasher, the loop started the next, and the stall never ended."""
+    staged, kills, _ = _run("orphaning-churner", thrash_file, tmp_path)
+    kill = _the_one_kill(kills)
+    assert kill["pid"] == staged.culprits[0]
+
+
 def test_hog_with_lower_adj_than_a_bystander_still_dies(thrash_file: str, tmp_path: Path) -> None:
     """oom_score_adj 900 on a quiet bystander does not make it the victim of a thrasher at 0."""
     staged, kills, _ = _run("low-adj-hog", thrash_file, tmp_path)

@@ -99,6 +99,12 @@ class ProcessSample:
     monotonic_ns: int
 
 
+def counts_as_present(pid: int, state: str, kernel_thread: bool, self_pid: int) -> bool:
+    """Whether a process counts when families are drawn (:data:`pressured.family.GroupOf`):
+    not a zombie, a kernel thread, PID 1 or the daemon itself."""
+    return state != "Z" and not kernel_thread and pid not in (1, self_pid)
+
+
 @dataclass(frozen=True, slots=True)
 class ScanProblem:
     pid: int

@@ -46,7 +46,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from pressured.family import family_roots
+from pressured.family import GroupOf, family_roots, present_groups
 from pressured.history import MIN_INTERVAL_S, RESAMPLE_S, STALE_AFTER_S, measure
 from pressured.kernel.procfs import ProcessRecord
 from pressured.policies.base import BasePolicy, Decision, PolicyOptions, Victim
@@ -151,9 +151,13 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
         previous: Mapping[tuple[int, int], ProcessSample],
         now_ns: int,
         omitted: tuple[str, ...],
+        *,
         reads: Mapping[tuple[int, int], int],
+        present: GroupOf,
     ) -> list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]]:
-        figures = self.rank_records(candidates, previous, now_ns, omitted, pressure={}, reads=reads)
+        figures = self.rank_records(
+            candidates, previous, now_ns, omitted, pressure={}, reads=reads, present=present
+        )
         return [(self.order(f), f.members) for f in figures]
 
     def order(self, f: FamilyFigures) -> FamilyOrder:
@@ -176,6 +180,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             omitted_groups(snapshot),
             pressure=pressure,
             reads=snapshot.read_rates or {},
+            present=present_groups(snapshot.processes, snapshot.self_pid),
         )
 
     def rank_records(
@@ -187,6 +192,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
         *,
         pressure: Mapping[str, float],
         reads: Mapping[tuple[int, int], int],
+        present: GroupOf,
     ) -> list[FamilyFigures]:
         """The families of ``candidates`` with their figures, best victim first (the one
         ranking of the policy and of its fast scan). ``reads``: storage reads in bytes per
@@ -199,7 +205,7 @@ class CulpritPolicy(BasePolicy[CulpritOptions]):
             and within(p.cgroup, omitted) is None
         ]
         if self.options.families:
-            families = [(root, (root, *rest)) for root, rest in family_roots(eligible)]
+            families = [(root, (root, *rest)) for root, rest in family_roots(eligible, present)]
         else:
             families = [(p, (p,)) for p in eligible]
         figures = []

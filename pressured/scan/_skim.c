@@ -326,7 +326,8 @@ out:
  * The native twin of pressured.scan.families.family_roots + family_bounds (the reference):
  * lines and earlier map PID -> stat tuple (as parse_stat_line gives; earlier may be None);
  * possible candidates (not a kernel thread, zombie, PID 1 or self_pid) join their parent's
- * family when both are candidates of one process group (group = 0: every process alone);
+ * family when both are candidates of one process group, or else their group leader's when
+ * that is a candidate (group = 0: every process alone);
  * each family's bound is (1, demand, size) when interval_s > 0, a member was sampled and
  * demand >= min_demand, else (0, 0.0, size), with demand = max(faults, positive growth) *
  * page_size / interval_s and size = resident pages * page_size + members * swap; (start, pid)
@@ -366,6 +367,21 @@ static Py_ssize_t find_index(const long *keys, const Py_ssize_t *slots, size_t m
     while (slots[h] >= 0) {
         if (keys[h] == pid) return slots[h];
         h = (h + 1) & mask;
+    }
+    return -1;
+}
+
+/* The member i belongs under: its parent in its process group, else its group's leader
+ * (adopted, as pressured.scan.families.family_roots), else none (-1). */
+static Py_ssize_t above(const struct member *members, const long *keys, const Py_ssize_t *slots,
+                        size_t mask, Py_ssize_t i) {
+    const struct member *m = &members[i];
+    Py_ssize_t parent = find_index(keys, slots, mask, m->ppid);
+    if (parent >= 0 && parent != i && members[parent].pgid == m->pgid) return parent;
+    if (m->pgid != m->pid) {
+        Py_ssize_t leader = find_index(keys, slots, mask, m->pgid);
+        if (leader >= 0 && leader != i && members[leader].pgid == members[leader].pid)
+            return leader;
     }
     return -1;
 }
@@ -430,27 +446,27 @@ static PyObject *family_bounds(PyObject *self, PyObject *args) {
         keys[h] = pid; slots[h] = n;
         n++;
     }
-    /* Roots: follow parents within one process group; a walk longer than n is a cycle. */
+    /* Roots: follow the links up (parent in the process group, else the group's leader);
+     * a walk longer than n is a cycle. */
     for (Py_ssize_t i = 0; i < n; i++) {
         if (members[i].root >= 0) continue;
         Py_ssize_t current = i, steps = 0;
         while (members[current].root < 0) {
-            Py_ssize_t parent = group ? find_index(keys, slots, mask, members[current].ppid) : -1;
-            if (parent < 0 || parent == current || members[parent].pgid != members[current].pgid
-                || ++steps > n) {
+            Py_ssize_t up = group ? above(members, keys, slots, mask, current) : -1;
+            if (up < 0 || ++steps > n) {
                 members[current].root = current;
                 break;
             }
-            current = parent;
+            current = up;
         }
         Py_ssize_t root = members[current].root;
         current = i;
         steps = 0;
         while (members[current].root < 0 && steps++ <= n) {
             members[current].root = root;
-            Py_ssize_t parent = find_index(keys, slots, mask, members[current].ppid);
-            if (parent < 0) break;
-            current = parent;
+            Py_ssize_t up = above(members, keys, slots, mask, current);
+            if (up < 0) break;
+            current = up;
         }
     }
     sums = PyMem_Calloc((size_t)(n ? n : 1) * 7, sizeof(long long));

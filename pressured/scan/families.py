@@ -56,6 +56,7 @@ from pressured.kernel.procfs import (
     ProcessRecord,
     ProcessSample,
     StatLine,
+    counts_as_present,
 )
 from pressured.scan import skim as skim_module
 from pressured.scan.kept import StatGeneration
@@ -72,7 +73,9 @@ is one of them, so ties in size are settled without reading them all)."""
 def family_roots(lines: Mapping[int, StatLine], self_pid: int, families: bool) -> dict[int, int]:
     """The stat family root of every possible candidate (not a kernel thread, zombie, PID 1
     or ``self_pid``): a process belongs with its parent when both are candidates of one
-    process group."""
+    process group, and one with no such parent belongs with its group's leader when that is
+    a candidate (adopted, as :func:`pressured.family.family_links` adopts; here regardless of
+    protection, so a stat family holds every family the policy can make inside it)."""
     candidates = {
         pid: line
         for pid, line in lines.items()
@@ -82,19 +85,31 @@ def family_roots(lines: Mapping[int, StatLine], self_pid: int, families: bool) -
     }
     if not families:
         return {pid: pid for pid in candidates}
+
+    def above(pid: int) -> int | None:
+        line = candidates[pid]
+        parent, pgid = line[LINE_PPID], line[LINE_PGID]
+        up = candidates.get(parent)
+        if up is not None and up[LINE_PGID] == pgid and parent != pid:
+            return parent
+        leader = candidates.get(pgid)
+        if pgid != pid and leader is not None and leader[LINE_PGID] == pgid:
+            return pgid
+        return None
+
     root_of: dict[int, int] = {}
     for pid in candidates:
         chain: list[int] = []
+        on_chain: set[int] = set()
         current = pid
         while current not in root_of:
-            line = candidates[current]
-            parent = line[LINE_PPID]
-            above = candidates.get(parent)
-            if above is None or above[LINE_PGID] != line[LINE_PGID] or parent in chain:
-                root_of[current] = current  # (a parent cycle, only in fake trees, ends here)
+            up = above(current)
+            if up is None or up == current or up in on_chain:
+                root_of[current] = current  # (a cycle of links ends here)
                 break
             chain.append(current)
-            current = parent
+            on_chain.add(current)
+            current = up
         root = root_of[current]
         for member in chain:
             root_of[member] = root
@@ -291,6 +306,16 @@ def read_families(
     phase = FamilyPhase()
     me = os.getpid() if self_pid is None else self_pid
 
+    def group_in_skim(pid: int) -> int | None:
+        """A process's group where it counts as present (pressured.family.GroupOf): a stat
+        family holds every same-group parent that does, so its records are all read."""
+        line = lines.get(pid)
+        if line is None or not counts_as_present(
+            pid, line[LINE_STATE], bool(line[LINE_FLAGS] & PF_KTHREAD), me
+        ):
+            return None
+        return line[LINE_PGID]
+
     def walk(reads_by_pid: Mapping[int, int] | None) -> FamilyOrder | None:
         """One pass in bound order; the best eligible order found (its root in the phase)."""
         bounded = bounded_families(
@@ -321,7 +346,14 @@ def read_families(
                     records.append(as_of_skim(record, lines.get(pid)))
             phase.families_read += 1
             reads = {r.identity: reads_of[r.pid] for r in records if r.pid in reads_of}
-            ranked = key.rank(records, samples_of(earlier, records), now_ns, omitted, reads)
+            ranked = key.rank(
+                records,
+                samples_of(earlier, records),
+                now_ns,
+                omitted,
+                reads=reads,
+                present=group_in_skim,
+            )
             for order, family in ranked:
                 if highest is None or order > highest:
                     highest = order

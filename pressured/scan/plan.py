@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from pressured.kernel.procfs import ProcessRecord, ProcessSample
 
@@ -71,19 +72,25 @@ FamilyOrder = tuple[int, float, int, int, int]
 """A family's place in the ranking, higher first: (rate rule applies 0/1, demand in bytes per
 second (0 where the rule does not apply), size in bytes, root's start time, root's PID)."""
 
-FamilyRanking = Callable[
-    [
-        Sequence[ProcessRecord],
-        Mapping[tuple[int, int], ProcessSample],
-        int,
-        tuple[str, ...],
-        Mapping[tuple[int, int], int],
-    ],
-    list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]],
-]
-"""The policy's own ranking of families: (candidate records, earlier samples by identity, now
-in monotonic ns, cgroup paths never to choose, storage reads in bytes per second by identity
-where a read probe ran, else empty) -> (order, members) best first."""
+
+class FamilyRanking(Protocol):
+    """The policy's own ranking of families, (order, members) best first, of ``candidates``
+    given the earlier samples by identity, now in monotonic ns, the cgroup paths never to
+    choose, storage reads in bytes per second by identity (where a read probe ran, else
+    empty) and every process read around them by PID (``present``: a parent there that is
+    not a candidate keeps its descendants out of a family, see :mod:`pressured.family`): the
+    process group of a PID present in the scope, or None."""
+
+    def __call__(
+        self,
+        candidates: Sequence[ProcessRecord],
+        previous: Mapping[tuple[int, int], ProcessSample],
+        now_ns: int,
+        omitted: tuple[str, ...],
+        *,
+        reads: Mapping[tuple[int, int], int],
+        present: Callable[[int], int | None],
+    ) -> list[tuple[FamilyOrder, tuple[ProcessRecord, ...]]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,10 @@ place):
 * ``grower PATH CAP_MIB``: thrashes PATH while growing its anonymous memory by 1 MiB per
   4 MiB of file touched, up to CAP_MIB;
 * ``forker N PATH``: forks N children that each hold 4 MiB and thrash PATH; the parent
-  sleeps. Prints ``ready CHILD_PIDS``.
+  sleeps. Prints ``ready CHILD_PIDS``;
+* ``churner PATH LIFE_S``: forks one child at a time that thrashes PATH for LIFE_S seconds
+  and exits; the loop itself faults nothing;
+* ``reader MIB``: re-reads a file of its own through read(2): no page faults.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -112,6 +116,36 @@ def reader(mib: int) -> None:
                 os.pread(fd, chunk, offset)
 
 
+def _thrash_for(path: str, life_s: float) -> None:
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+    touched = 0
+    deadline = time.monotonic() + life_s
+    while time.monotonic() < deadline:
+        for offset in range(0, len(mapping), PAGE * 64):
+            touched += mapping[offset] & 1
+
+
+def churner(path: str, life_s: float) -> None:
+    """Fork a child that thrashes ``path`` for ``life_s`` and exits, wait for it, and again, for
+    ever: every fault is made by a process younger than a second. Prints ``ready`` with its
+    own PID."""
+    _ready(os.getpid())
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            _thrash_for(path, life_s)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+def orphan(path: str, life_s: float) -> None:
+    """Leave a child behind that thrashes ``path`` for ``life_s``, and exit at once."""
+    if os.fork() == 0:
+        _thrash_for(path, life_s)
+    os._exit(0)
+
+
 def forker(children: int, path: str) -> None:
     pids = []
     for _ in range(children):
@@ -135,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     grow_parser = sub.add_parser("grower")
     grow_parser.add_argument("path")
     grow_parser.add_argument("cap_mib", type=int)
+    churn_parser = sub.add_parser("churner")
+    churn_parser.add_argument("path")
+    churn_parser.add_argument("life_s", type=float)
+    orphan_parser = sub.add_parser("orphan")
+    orphan_parser.add_argument("path")
+    orphan_parser.add_argument("life_s", type=float)
     fork_parser = sub.add_parser("forker")
     fork_parser.add_argument("children", type=int)
     fork_parser.add_argument("path")
@@ -145,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         reader(args.mib)
     elif args.command == "grower":
         grower(args.path, args.cap_mib)
+    elif args.command == "churner":
+        churner(args.path, args.life_s)
+    elif args.command == "orphan":
+        orphan(args.path, args.life_s)
     else:
         forker(args.children, args.path)
 
@@ -212,6 +256,25 @@ def _grower(group: ScratchGroup, path: str) -> Staged:
 def _forker(group: ScratchGroup, path: str) -> Staged:
     proc, children = spawn(group, "forker", "8", path)
     return Staged(culprits=[proc.pid, *children], thrashers=children)
+
+
+def _churner(group: ScratchGroup, path: str) -> Staged:
+    proc, _ = spawn(group, "churner", path, "0.5")
+    return Staged(culprits=[proc.pid])
+
+
+def _orphaning_churner(group: ScratchGroup, path: str) -> Staged:
+    """A shell loop (a tiny process: its forks copy next to nothing, so it faults next to
+    nothing) starting a thrasher that orphans itself and lives half a second, every 0.3 s.
+    The loop leads its own session and process group, as a job started from a shell or a
+    service does (started by the test runner it would share the runner's group, whose leader
+    is out of scope)."""
+    orphan = shlex.join([sys.executable, "-m", MODULE, "orphan", path, "0.5"])
+    loop = f"echo ready $$; while :; do {orphan}; sleep 0.3; done"
+    # Not a group leader, setsid(1) makes this very process one (no fork: the PID stays).
+    proc = group.spawn(["setsid", "/bin/sh", "-c", loop])
+    _read_ready(proc)
+    return Staged(culprits=[proc.pid])
 
 
 def _forker_in_own_group(group: ScratchGroup, path: str) -> Staged:
@@ -295,6 +358,22 @@ SCENARIOS: tuple[Scenario, ...] = (
         192,
         _small_bystanders,
         _forker,
+    ),
+    Scenario(
+        "churner",
+        "a loop that forks a child thrashing for 0.5 s, waits, forks the next, beside 2 x 35 "
+        "MiB and a sleep (the loop itself faults nothing)",
+        160,
+        _small_bystanders,
+        _churner,
+    ),
+    Scenario(
+        "orphaning-churner",
+        "a shell loop starting, every 0.3 s, a thrasher that orphans itself (reparented away "
+        "from the loop, same process group), beside 2 x 35 MiB and a sleep",
+        160,
+        _small_bystanders,
+        _orphaning_churner,
     ),
     Scenario(
         "forking-hog-own-group",
