@@ -327,7 +327,7 @@ class ScopeRunner:
             armed=lambda: self.triggers.armed if self.triggers else (),
             fired=lambda: sum(self.stats.fired.values()),
             on_starved=self._on_starved,
-            refaults=self._refaults,
+            refaults=self.read_refaults_now,
             refaults_per_s=self.settings.recheck_refaults_per_s,
         )
 
@@ -341,6 +341,15 @@ class ScopeRunner:
         # worker thread makes each idle check one wake-up instead of three.
         try:
             return psi.read_pressure(self.pressure_path())
+        except (OSError, ValueError):
+            return None
+
+    def read_refaults_now(self) -> RefaultReading | None:
+        """(cumulative refaults, monotonic time), read on the loop thread, for the starvation
+        check: ``memory.stat`` and ``vmstat`` are made from in-kernel counters (no mmap lock,
+        no wait on reclaim), and a hop to a worker would wake two more threads per check."""
+        try:
+            return read_refaults(self.group, self.proc_root), time.monotonic()
         except (OSError, ValueError):
             return None
 

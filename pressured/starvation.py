@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -39,8 +39,10 @@ FROZEN_STALL_US_PER_REFAULT = 0.05
 """Less stall than this per refault means the total is not counting: measured here, real
 thrash stalls 0.5-0.9 us per refault, a total frozen by a 2-3 ms reader 0.002-0.008 us."""
 
-Refaults = Callable[[], Awaitable["tuple[int, float] | None"]]
-"""The scope's (cumulative refaults, monotonic time of the reading), or None if unreadable."""
+Refaults = Callable[[], "tuple[int, float] | None"]
+"""The scope's (cumulative refaults, monotonic time of the reading), or None if unreadable.
+Called on the loop thread, as ``read_pressure`` is: a hop to a worker thread would wake two
+more threads on every idle check (measured: 6 wake-ups a minute became 31-41)."""
 
 
 class StarvationCheck:
@@ -68,11 +70,11 @@ class StarvationCheck:
     async def run(self) -> None:
         """Check every ``interval_s`` until cancelled."""
         last, last_at, last_fired = self._read_pressure(), time.monotonic(), self._fired()
-        last_refaults = await self._read_refaults()
+        last_refaults = self._read_refaults()
         while True:
             await asyncio.sleep(self.interval_s)
             current, now, fired = self._read_pressure(), time.monotonic(), self._fired()
-            refaults = await self._read_refaults()
+            refaults = self._read_refaults()
             if current is not None and last is not None and fired == last_fired:
                 event = self.starved(last, current, now - last_at) or self.frozen(
                     last, current, last_refaults, refaults
@@ -81,8 +83,8 @@ class StarvationCheck:
                     self._on_starved(event)
             last, last_at, last_fired, last_refaults = current, now, fired, refaults
 
-    async def _read_refaults(self) -> tuple[int, float] | None:
-        return None if self._refaults is None else await self._refaults()
+    def _read_refaults(self) -> tuple[int, float] | None:
+        return None if self._refaults is None else self._refaults()
 
     def starved(
         self, last: psi.Pressure, current: psi.Pressure, elapsed_s: float

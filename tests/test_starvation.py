@@ -317,7 +317,7 @@ def test_the_check_reads_the_refaults_and_acts_on_a_frozen_total(run_async: RunA
     events: list[PressureEvent] = []
     second = asyncio.Event()
 
-    async def refaults() -> tuple[int, float]:
+    def refaults() -> tuple[int, float]:
         reading = next(readings)
         if reading[0]:
             second.set()
