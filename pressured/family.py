@@ -90,12 +90,24 @@ def family_of(
     process group, and, for a group leader, the members it adopts; see the module)."""
     by_pid = {record.pid: record for record in eligible}
     below = _below(family_links(by_pid.values(), group_of))
+    return _descend(root.pid, below, by_pid, set())
+
+
+def _descend(
+    root: int,
+    below: Mapping[int, list[int]],
+    by_pid: Mapping[int, ProcessRecord],
+    placed: set[int],
+) -> list[ProcessRecord]:
+    """Everyone linked below ``root`` and not in ``placed`` yet (``root`` and they are added
+    to it: a member is placed in one family only)."""
     members: list[ProcessRecord] = []
-    stack, seen = [root.pid], {root.pid}
+    stack = [root]
+    placed.add(root)
     while stack:
         for pid in below.get(stack.pop(), ()):
-            if pid not in seen:
-                seen.add(pid)
+            if pid not in placed:
+                placed.add(pid)
                 members.append(by_pid[pid])
                 stack.append(pid)
     return members
@@ -116,25 +128,12 @@ def family_roots(
     below = _below(links)
     families: list[tuple[ProcessRecord, list[ProcessRecord]]] = []
     placed: set[int] = set()
-
-    def gather(root: int) -> list[ProcessRecord]:
-        members: list[ProcessRecord] = []
-        stack = [root]
-        placed.add(root)
-        while stack:
-            for pid in below.get(stack.pop(), ()):
-                if pid not in placed:
-                    placed.add(pid)
-                    members.append(candidates[pid])
-                    stack.append(pid)
-        return members
-
     for pid, record in candidates.items():
         if pid not in links:
-            families.append((record, gather(pid)))
+            families.append((record, _descend(pid, below, candidates, placed)))
     for pid, record in candidates.items():
         if pid not in placed:  # on a cycle of links: no root above it
-            families.append((record, gather(pid)))
+            families.append((record, _descend(pid, below, candidates, placed)))
     return families
 
 

@@ -354,13 +354,8 @@ class ScopeRunner:
             return None
 
     async def _refaults(self) -> RefaultReading | None:
-        """(cumulative refaults, monotonic time of the reading), or None if unreadable."""
-        loop = asyncio.get_running_loop()
-        try:
-            count = await loop.run_in_executor(self.io, read_refaults, self.group, self.proc_root)
-        except (OSError, ValueError):
-            return None
-        return count, time.monotonic()
+        """:meth:`read_refaults_now` on the I/O thread, for the episode's rechecks."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, self.read_refaults_now)
 
     def scan_stages(self) -> list[ScanPlan | None]:
         """The chain's scan plans, policy by policy (:func:`pressured.scan.plan.plan_stages`);

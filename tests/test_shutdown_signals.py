@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pressured.testing.daemon import Daemon, LogLine, scope_config, write_config
+from pressured.testing.daemon import Daemon, LogLine
 from pressured.testing.scratch import ScratchGroup
+from tests.test_startup import plugin_config, wait_for_file
 
 EXIT_FORCED = 130
 
@@ -54,23 +54,13 @@ def daemon_held_in_shutdown(
 ) -> Iterator[tuple[Daemon, Path]]:
     """A running daemon sent ``first``, yielded once its shutdown is held closing a policy,
     with the file that releases it; killed on the way out if still running."""
-    plugin = tmp_path / "slow_close.py"
-    plugin.write_text(SLOW_CLOSE_POLICY)
-    plugin.chmod(0o600)
+    config = plugin_config(scratch, tmp_path, SLOW_CLOSE_POLICY, "SlowClose")
     closing, release = tmp_path / "closing", tmp_path / "release"
-    policies = f'[[scopes.policies]]\nname = "{plugin}:SlowClose"\n'
-    config = write_config(
-        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
-    )
     env = {"SHUTDOWN_TEST_CLOSING": str(closing), "SHUTDOWN_TEST_RELEASE": str(release)}
     with Daemon(config, "--loop", loop, env=env) as daemon:
         daemon.wait_for("ops.listening", 30)
         daemon.signal(first)
-        deadline = time.monotonic() + 30
-        while not closing.exists():
-            assert daemon._running().poll() is None, (daemon.raw[-5:], daemon.stderr_text())
-            assert time.monotonic() < deadline, "the shutdown never reached the policy's close"
-            time.sleep(0.01)
+        wait_for_file(daemon, closing, "the policy's close in its shutdown")
         yield daemon, release
 
 

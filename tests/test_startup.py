@@ -170,24 +170,36 @@ class SlowPolicy(BasePolicy):
 """
 
 
+def plugin_config(scratch: ScratchGroup, tmp_path: Path, source: str, policy: str) -> Path:
+    """A configuration watching ``scratch`` whose one policy is class ``policy`` of a plugin
+    file written from ``source`` (private: the loader refuses a file others may write)."""
+    plugin = tmp_path / f"{policy.lower()}.py"
+    plugin.write_text(source)
+    plugin.chmod(0o600)
+    policies = f'[[scopes.policies]]\nname = "{plugin}:{policy}"\n'
+    return write_config(
+        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
+    )
+
+
+def wait_for_file(daemon: Daemon, path: Path, what: str, timeout_s: float = 30.0) -> None:
+    """Wait until the daemon's plugin made ``path`` (it reached ``what``), failing at once if
+    the daemon exits first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert daemon._running().poll() is None, (daemon.raw[-5:], daemon.stderr_text())
+        assert time.monotonic() < deadline, f"the daemon never reached {what}"
+        time.sleep(0.01)
+
+
 @contextlib.contextmanager
 def daemon_in_a_plugin_import(scratch: ScratchGroup, tmp_path: Path) -> Iterator[Daemon]:
     """A daemon whose start-up is held in a policy plugin's 60 s import (a step that never
     awaits), yielded once it is there; stopped on the way out."""
-    plugin = tmp_path / "slow_policy.py"
-    plugin.write_text(SLOW_POLICY)
-    plugin.chmod(0o600)
+    config = plugin_config(scratch, tmp_path, SLOW_POLICY, "SlowPolicy")
     marker = tmp_path / "importing"
-    policies = f'[[scopes.policies]]\nname = "{plugin}:SlowPolicy"\n'
-    config = write_config(
-        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
-    )
     with Daemon(config, env={"STARTUP_TEST_MARKER": str(marker)}) as daemon:
-        deadline = time.monotonic() + 30
-        while not marker.exists():
-            assert daemon._running().poll() is None, daemon.stderr_text()
-            assert time.monotonic() < deadline, "start-up never reached the plugin"
-            time.sleep(0.01)
+        wait_for_file(daemon, marker, "the plugin's import")
         yield daemon
 
 

@@ -20,7 +20,9 @@ from pressured.testing.daemon import Daemon, scope_config, write_config
 from pressured.testing.scratch import ScratchGroup
 from tests.test_startup import (
     daemon_in_a_plugin_import,
+    plugin_config,
     signalled_while_reading_the_configuration,
+    wait_for_file,
 )
 
 EXIT_STOPPED = 0
@@ -254,13 +256,7 @@ def test_sigterm_wrapped_into_a_plugin_load_error_is_a_stop_not_a_config_error(
 ) -> None:
     """A SIGTERM that the plugin loader turned into "importing the plugin failed" (exit 2, an
     invalid configuration a supervisor would not restart on) is still a requested stop."""
-    plugin = tmp_path / "interrupted_policy.py"
-    plugin.write_text(SIGTERM_IN_A_PLUGIN_CLASS)
-    plugin.chmod(0o600)
-    policies = f'[[scopes.policies]]\nname = "{plugin}:Plugin"\n'
-    config = write_config(
-        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
-    )
+    config = plugin_config(scratch, tmp_path, SIGTERM_IN_A_PLUGIN_CLASS, "Plugin")
     with Daemon(config) as daemon:
         code = daemon._running().wait(20)
     _assert_stopped_by_sigterm(daemon, code)
@@ -295,21 +291,11 @@ def test_sighup_during_start_up_reloads_once_running_instead_of_killing(
     """SIGHUP (``systemctl reload``) while start-up loads a policy: its default action killed
     the daemon; now start-up goes on and the configuration is re-read once running (the file
     may have changed after start-up read it)."""
-    plugin = tmp_path / "held_policy.py"
-    plugin.write_text(HELD_POLICY)
-    plugin.chmod(0o600)
+    config = plugin_config(scratch, tmp_path, HELD_POLICY, "HeldPolicy")
     marker, release = tmp_path / "loading", tmp_path / "release"
-    policies = f'[[scopes.policies]]\nname = "{plugin}:HeldPolicy"\n'
-    config = write_config(
-        tmp_path / "p.toml", scope_config(scratch.path, scratch.memcg_path, policies=policies)
-    )
     env = {"STARTUP_TEST_MARKER": str(marker), "STARTUP_TEST_RELEASE": str(release)}
     with Daemon(config, env=env) as daemon:
-        deadline = time.monotonic() + 30
-        while not marker.exists():
-            assert daemon._running().poll() is None, daemon.stderr_text()
-            assert time.monotonic() < deadline, "start-up never reached the plugin"
-            time.sleep(0.01)
+        wait_for_file(daemon, marker, "the plugin")
         daemon.signal(signal.SIGHUP)
         release.touch()
         daemon.wait_for("config.reloaded", 30)

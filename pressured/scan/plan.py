@@ -77,9 +77,9 @@ class FamilyRanking(Protocol):
     """The policy's own ranking of families, (order, members) best first, of ``candidates``
     given the earlier samples by identity, now in monotonic ns, the cgroup paths never to
     choose, storage reads in bytes per second by identity (where a read probe ran, else
-    empty) and every process read around them by PID (``present``: a parent there that is
-    not a candidate keeps its descendants out of a family, see :mod:`pressured.family`): the
-    process group of a PID present in the scope, or None."""
+    empty), and ``present``: the process group of a PID present in the scope, or None (a
+    parent there that is not a candidate keeps its descendants out of a family; see
+    :data:`pressured.family.GroupOf`)."""
 
     def __call__(
         self,
